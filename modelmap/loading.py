@@ -1,0 +1,154 @@
+"""Load a Hugging Face causal LM and its tokenizer from a local folder or a Hub repo id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Files scoring needs from a Hub repo: weights (safetensors preferred), config, tokenizer.
+SCORING_FILES = [
+    "*.json",
+    "*.safetensors",
+    "tokenizer.model",
+    "*.tiktoken",
+    "merges.txt",
+    "vocab.txt",
+]
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be scored: the message names the model and the cause."""
+
+
+@dataclass
+class LoadedModel:
+    key: str
+    model: torch.nn.Module
+    tokenizer: object
+    revision: str  # Hub commit sha, or a content hash for a local folder
+    n_params: int
+    context_length: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on a GPU that supports it, float32 otherwise."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: choose one of {sorted(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
+
+
+def folder_revision(folder: Path) -> str:
+    """A content hash (sha256, 40 hex characters) of a local model folder's files."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:40]
+
+
+def context_length(config, cap: int | None = None) -> int:
+    """The longest input the model accepts, from its config (capped at `cap` if given)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return min(value, cap) if cap else value
+    if cap:
+        return cap
+    raise ModelLoadError("the config states no context length; set max_context to score it")
+
+
+def download_snapshot(repo_id: str, revision: str | None, cache_dir: str | None) -> Path:
+    """Download only what scoring needs from the Hub (pinned to `revision`)."""
+    from huggingface_hub import snapshot_download
+
+    return Path(
+        snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=SCORING_FILES,
+        )
+    )
+
+
+def load_causal_lm(
+    key: str,
+    source: str | Path | None = None,
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    cache_dir: str | None = None,
+    max_context: int | None = None,
+) -> LoadedModel:
+    """Load model `key` from the local folder `source`, or from the Hub when `source` is None.
+
+    Raises `ModelLoadError` naming the model and the cause when it cannot be loaded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if source is not None:
+        folder = Path(source)
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"model {key}: no config.json in {folder}")
+        sha = folder_revision(folder)
+    else:
+        try:
+            folder = download_snapshot(key, revision, cache_dir)
+        except Exception as exc:  # the Hub client's typed errors say what went wrong
+            raise ModelLoadError(
+                f"model {key}: download failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        sha = folder.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"model {key}: cannot load its tokenizer: {exc}") from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"model {key}: cannot load it as a causal LM: {exc}") from exc
+    model.to(torch_device).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    return LoadedModel(
+        key=key,
+        model=model,
+        tokenizer=tokenizer,
+        revision=sha,
+        n_params=n_params,
+        context_length=context_length(model.config, max_context),
+        dtype=torch_dtype,
+        device=torch_device,
+    )
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

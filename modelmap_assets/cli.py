@@ -1,0 +1,120 @@
+"""`modelmap` command line: build the zoo, register models, materialize the map.
+
+Runs against the Dagster instance in $DAGSTER_HOME, so every run shows in the UI.
+"""
+
+import argparse
+import sys
+import time
+
+import dagster as dg
+
+from modelmap.storage import validate_model_key
+from modelmap_assets.definitions import ASSETS, build_resources, cache_dir
+from modelmap_assets.likelihood import likelihood
+from modelmap_assets.maps import coordinates, kl_table, model_map
+from modelmap_assets.partitions import models_partitions
+
+
+def register(instance: dg.DagsterInstance, keys: list[str]) -> list[str]:
+    """Add model keys to the `models` partitions; returns the keys that were new."""
+    for key in keys:
+        validate_model_key(key)
+    known = set(instance.get_dynamic_partitions(models_partitions.name))
+    new = [k for k in keys if k not in known]
+    if new:
+        instance.add_dynamic_partitions(models_partitions.name, new)
+    return new
+
+
+def build_and_register_zoo(instance: dg.DagsterInstance, small: bool, force: bool) -> list[str]:
+    from modelmap.zoo import ZooSpec, build_zoo
+
+    spec = ZooSpec.small() if small else ZooSpec()
+    models = build_zoo(cache_dir() / "zoo", spec=spec, force=force)
+    keys = [m.key for m in models]
+    new = register(instance, keys)
+    print(f"zoo: {len(keys)} models in {cache_dir() / 'zoo'}; {len(new)} newly registered")
+    return keys
+
+
+def materialize_all(
+    instance: dg.DagsterInstance, corpus_config: dict, keys: list[str] | None = None
+) -> dict:
+    """Materialize corpus, every model partition (one run each), then the map assets."""
+    resources = build_resources()
+    corpus_run = dg.materialize(
+        ASSETS,
+        selection=["corpus"],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"corpus": {"config": corpus_config}}},
+    )
+    print(f"corpus: run {corpus_run.run_id} succeeded")
+    keys = keys or sorted(instance.get_dynamic_partitions(models_partitions.name))
+    failed = []
+    for i, key in enumerate(keys, 1):
+        t0 = time.perf_counter()
+        result = dg.materialize(
+            ASSETS,
+            selection=[likelihood],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+        )
+        status = "ok" if result.success else "FAILED"
+        if not result.success:
+            failed.append(key)
+        print(f"[{i}/{len(keys)}] {key}: {status} ({time.perf_counter() - t0:.1f} s)")
+    maps = dg.materialize(
+        ASSETS,
+        selection=[coordinates, kl_table, model_map],
+        instance=instance,
+        resources=resources,
+    )
+    print(f"map: run {maps.run_id} succeeded")
+    return {"failed": failed, "storage": resources["storage"].root}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelmap", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    zoo = sub.add_parser("zoo", help="train the embedded model zoo and register it")
+    zoo.add_argument("--small", action="store_true", help="a tiny zoo for quick checks")
+    zoo.add_argument("--force", action="store_true", help="retrain even if cached")
+    reg = sub.add_parser("register", help="add model keys to the `models` partitions")
+    reg.add_argument("keys", nargs="+")
+    mat = sub.add_parser("materialize", help="materialize corpus, every model and the map")
+    demo = sub.add_parser("demo", help="zoo + materialize, on the embedded default")
+    for p in (mat, demo):
+        p.add_argument("--source", default="embedded", help="embedded | jsonl | folder")
+        p.add_argument("--path", default=None, help="the corpus file or folder")
+        p.add_argument("--n-texts", type=int, default=2000)
+    demo.add_argument("--small", action="store_true")
+    args = parser.parse_args(argv)
+
+    instance = dg.DagsterInstance.get()
+    if args.command == "zoo":
+        build_and_register_zoo(instance, args.small, args.force)
+        return 0
+    if args.command == "register":
+        new = register(instance, args.keys)
+        print(f"registered {len(new)} new of {len(args.keys)} keys")
+        return 0
+    corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
+    t0 = time.perf_counter()
+    keys = build_and_register_zoo(instance, args.small, False) if args.command == "demo" else None
+    outcome = materialize_all(instance, corpus_config, keys)
+    root = outcome["storage"]
+    print(f"\nmodelmap finished in {time.perf_counter() - t0:.0f} s")
+    if outcome["failed"]:
+        print(f"failed models (left out of the map): {', '.join(outcome['failed'])}")
+    print(f"the map:        {root / 'model_map' / 'map.png'}")
+    print(f"interactive:    {root / 'model_map' / 'map.html'}")
+    print(f"KL neighbours:  {root / 'kl_table' / 'neighbours.parquet'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

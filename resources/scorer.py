@@ -1,0 +1,76 @@
+"""The scorer: loads a causal LM on a device and computes text log-likelihoods."""
+
+import resource
+import sys
+from collections.abc import Callable, Sequence
+
+import dagster as dg
+import torch
+
+from modelmap.loading import LoadedModel, load_causal_lm
+from modelmap.scoring import Progress, ScoreResult, score_texts
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+class ScorerResource(dg.ConfigurableResource):
+    """Scoring settings: device (auto/cpu/cuda), dtype, batch token budget, windows."""
+
+    device: str = "auto"
+    dtype: str = "float32"
+    token_budget: int = 16_384
+    head_chunk_tokens: int = 4_096
+    stride: int | None = None  # sliding-window stride; default half the context
+    max_context: int | None = None  # cap on the model's context length
+    progress_every_s: float = 10.0
+
+    def load(
+        self,
+        key: str,
+        path: str | None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> LoadedModel:
+        return load_causal_lm(
+            key,
+            path,
+            revision=revision,
+            device=self.device,
+            dtype=self.dtype,
+            trust_remote_code=trust_remote_code,
+            cache_dir=cache_dir,
+            max_context=self.max_context,
+        )
+
+    def score(
+        self, loaded: LoadedModel, texts: Sequence[str], log: Callable[[str], None] = print
+    ) -> ScoreResult:
+        if loaded.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(loaded.device)
+        last = [0.0]
+
+        def report(p: Progress) -> None:
+            # One line every `progress_every_s` seconds and at the end, not one per batch.
+            if p.windows_done == p.windows_total or p.elapsed_s - last[0] >= self.progress_every_s:
+                last[0] = p.elapsed_s
+                log(f"{loaded.key}: {p}")
+
+        return score_texts(
+            loaded.model,
+            loaded.tokenizer,
+            texts,
+            context=loaded.context_length,
+            stride=self.stride,
+            token_budget=self.token_budget,
+            head_chunk_tokens=self.head_chunk_tokens,
+            name=loaded.key,
+            progress=report,
+        )

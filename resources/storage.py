@@ -1,0 +1,98 @@
+"""Where modelmap's outputs live: one folder per asset under a base directory."""
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from modelmap.storage import (
+    filename_to_key,
+    key_to_filename,
+    path_inside,
+    read_parquet_metadata,
+    write_parquet,
+    write_text,
+)
+
+LIKELIHOOD_SUFFIX = ".parquet"
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Files of every asset under `base_dir` (Parquet and .npy, written atomically)."""
+
+    base_dir: str = "data"
+
+    @property
+    def root(self) -> Path:
+        return Path(self.base_dir).resolve()
+
+    # corpus -----------------------------------------------------------------------------
+    @property
+    def corpus_path(self) -> Path:
+        return self.root / "corpus" / "corpus.parquet"
+
+    def write_corpus(self, df: pl.DataFrame, metadata: dict) -> Path:
+        return write_parquet(df, self.corpus_path, metadata)
+
+    def read_corpus(self) -> tuple[pl.DataFrame, dict]:
+        if not self.corpus_path.exists():
+            raise FileNotFoundError(
+                f"no corpus at {self.corpus_path}: materialize the `corpus` asset first"
+            )
+        return pl.read_parquet(self.corpus_path), read_parquet_metadata(self.corpus_path)
+
+    # likelihood -------------------------------------------------------------------------
+    def likelihood_path(self, key: str) -> Path:
+        return path_inside(self.root, "likelihood", key_to_filename(key, LIKELIHOOD_SUFFIX))
+
+    def write_likelihood(self, key: str, df: pl.DataFrame, metadata: dict) -> Path:
+        return write_parquet(df, self.likelihood_path(key), metadata)
+
+    def likelihood_keys(self) -> list[str]:
+        folder = self.root / "likelihood"
+        if not folder.exists():
+            return []
+        return sorted(
+            filename_to_key(p.name, LIKELIHOOD_SUFFIX)
+            for p in folder.glob(f"*{LIKELIHOOD_SUFFIX}")
+            if not p.name.startswith(".")
+        )
+
+    # versioned folders for multi-file outputs (coordinates) -------------------------------
+    def new_version_dir(self, asset: str) -> Path:
+        """A fresh folder to fill; `publish_version` makes it current in one atomic step."""
+        path = self.root / asset / f".v-{uuid.uuid4().hex[:12]}"
+        path.mkdir(parents=True)
+        return path
+
+    def publish_version(self, asset: str, version_dir: Path, keep: int = 2) -> Path:
+        final = version_dir.parent / version_dir.name.lstrip(".")
+        version_dir.rename(final)
+        write_text(json.dumps({"current": final.name}), self.root / asset / "CURRENT.json")
+        self._prune(asset, keep, final)
+        return final
+
+    def current_version_dir(self, asset: str) -> Path:
+        pointer = self.root / asset / "CURRENT.json"
+        if not pointer.exists():
+            raise FileNotFoundError(
+                f"no `{asset}` output under {pointer.parent}: materialize it first"
+            )
+        name = json.loads(pointer.read_text())["current"]
+        return self.root / asset / name
+
+    def _prune(self, asset: str, keep: int, current: Path) -> None:
+        versions = sorted(
+            (p for p in (self.root / asset).glob("v-*") if p.is_dir() and p != current),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for old in versions[: max(0, len(versions) - (keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def asset_dir(self, asset: str) -> Path:
+        path = self.root / asset
+        path.mkdir(parents=True, exist_ok=True)
+        return path
