@@ -33,9 +33,14 @@ def _sq_norms(Q64: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", Q64, Q64)
 
 
-def _sq_dist_block(A64: np.ndarray, sqA: np.ndarray, B64: np.ndarray, sqB: np.ndarray):
+def _sq_dist_block(
+    A64: np.ndarray, sqA: np.ndarray, B64: np.ndarray, sqB: np.ndarray
+) -> np.ndarray:
     """``||a_i - b_j||^2`` for all rows of A and B (float64), tiny negatives clamped to 0."""
-    D = sqA[:, None] + sqB[None, :] - 2.0 * (A64 @ B64.T)
+    D = A64 @ B64.T
+    D *= -2.0  # in place: no extra K x K temporaries
+    D += sqA[:, None]
+    D += sqB[None, :]
     np.maximum(D, 0.0, out=D)  # rounding in the Gram identity can go slightly below 0
     return D
 

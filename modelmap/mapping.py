@@ -177,7 +177,9 @@ def plot_map_png(
             xy[sel, 0],
             xy[sel, 1],
             s=36 if K <= 200 else 12,
-            color=cmap(n % 20),
+            # The 10 dark tab20 colours first, then their light partners: neighbouring
+            # families never get a dark/light pair of the same hue.
+            color=cmap((2 * n) % 20 + (n // 10) % 2),
             marker=markers[(n // 20) % len(markers)],
             label=f"{fam} ({int(sel.sum())})",
             alpha=0.85,
@@ -193,6 +195,7 @@ def plot_map_png(
                 textcoords="offset points",
                 fontsize=fontsize,
             )
+    ax.margins(0.08)  # room for the labels of the outermost points
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])

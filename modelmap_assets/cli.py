@@ -30,7 +30,7 @@ def register(instance: dg.DagsterInstance, keys: list[str]) -> list[str]:
 def build_and_register_zoo(instance: dg.DagsterInstance, small: bool, force: bool) -> list[str]:
     from modelmap.zoo import ZooSpec, build_zoo
 
-    spec = ZooSpec.small() if small else ZooSpec()
+    spec = ZooSpec.small() if small else ZooSpec.default()
     models = build_zoo(cache_dir() / "zoo", spec=spec, force=force)
     keys = [m.key for m in models]
     new = register(instance, keys)
@@ -39,10 +39,16 @@ def build_and_register_zoo(instance: dg.DagsterInstance, small: bool, force: boo
 
 
 def materialize_all(
-    instance: dg.DagsterInstance, corpus_config: dict, keys: list[str] | None = None
+    instance: dg.DagsterInstance,
+    corpus_config: dict,
+    keys: list[str] | None = None,
+    resources: dict | None = None,
 ) -> dict:
-    """Materialize corpus, every model partition (one run each), then the map assets."""
-    resources = build_resources()
+    """Materialize corpus, every model partition (one run each), then the map assets.
+
+    A model that fails is reported and left out; the map is built from the rest.
+    """
+    resources = resources or build_resources()
     corpus_run = dg.materialize(
         ASSETS,
         selection=["corpus"],
@@ -52,7 +58,7 @@ def materialize_all(
     )
     print(f"corpus: run {corpus_run.run_id} succeeded")
     keys = keys or sorted(instance.get_dynamic_partitions(models_partitions.name))
-    failed = []
+    failed = {}
     for i, key in enumerate(keys, 1):
         t0 = time.perf_counter()
         result = dg.materialize(
@@ -65,8 +71,10 @@ def materialize_all(
         )
         status = "ok" if result.success else "FAILED"
         if not result.success:
-            failed.append(key)
+            failed[key] = failure_message(result)
         print(f"[{i}/{len(keys)}] {key}: {status} ({time.perf_counter() - t0:.1f} s)")
+        if not result.success:
+            print(f"    {failed[key]}")
     maps = dg.materialize(
         ASSETS,
         selection=[coordinates, kl_table, model_map],
@@ -75,6 +83,17 @@ def materialize_all(
     )
     print(f"map: run {maps.run_id} succeeded")
     return {"failed": failed, "storage": resources["storage"].root}
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """The message of a failed run's first step failure (what the UI shows)."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            return data.error.message.strip() if data.error else "unknown error"
+    return "the run failed before its step started"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real embedded zoo (built once, cached) and a small real corpus."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def zoo_dir() -> Path:
+    """The demo's zoo cache: `make demo` and the tests build and reuse the same models."""
+    cache = Path(os.environ.get("MODELMAP_CACHE", REPO / ".cache" / "modelmap"))
+    return cache / "zoo"
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """(folder, registry entries) of the full embedded zoo, trained on first use (~minutes)."""
+    from modelmap.zoo import ZooSpec, build_zoo
+
+    folder = zoo_dir()
+    models = build_zoo(folder, spec=ZooSpec.default(), log=lambda s: print(s, flush=True))
+    return folder, models
+
+
+@pytest.fixture(scope="session")
+def corpus_texts():
+    """300 real texts of the embedded corpus (held out from the zoo's training text)."""
+    from modelmap.corpus import build_corpus
+
+    return build_corpus("embedded", 300)
