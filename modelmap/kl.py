@@ -88,7 +88,7 @@ def two_kl_nats(Q: np.ndarray) -> np.ndarray:
     return D
 
 
-def nats_per_text_to_bits_per_byte(x, mean_bytes_per_text: float):
+def nats_per_text_to_bits_per_byte(x: float | np.ndarray, mean_bytes_per_text: float) -> np.ndarray:
     """Convert nats per text to bits per byte: ``x / (mean_bytes_per_text * ln 2)``.
 
     Args:

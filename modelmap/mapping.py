@@ -26,6 +26,8 @@ MIN_MODELS_FOR_TSNE = 8
 #: Points are labelled with their short name on the PNG only up to this many models.
 MAX_LABELLED_POINTS = 80
 PAPER_PERPLEXITY = 30.0
+#: t-SNE runs on one OpenMP thread up to this many models (see ``_tsne_2d``).
+MAX_MODELS_SINGLE_THREAD = 10_000
 
 
 def tsne_perplexity(K: int) -> float:
@@ -52,7 +54,14 @@ def _pca_2d(Q: np.ndarray) -> np.ndarray:
 
 
 def _tsne_2d(Q: np.ndarray, seed: int) -> np.ndarray:
+    """The paper's t-SNE; single-threaded up to :data:`MAX_MODELS_SINGLE_THREAD` models.
+
+    scikit-learn's Barnes-Hut gradient runs OpenMP threads that stall when the cores are
+    shared with other work (measured: 12 models took 44 s with 2 threads on a busy 2-core
+    machine, 0.04 s with 1); for a few thousand models one thread is fast enough anyway.
+    """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     tsne = TSNE(
         n_components=2,
@@ -61,6 +70,9 @@ def _tsne_2d(Q: np.ndarray, seed: int) -> np.ndarray:
         metric="sqeuclidean",
         random_state=seed,
     )
+    if Q.shape[0] <= MAX_MODELS_SINGLE_THREAD:
+        with threadpool_limits(limits=1, user_api="openmp"):
+            return tsne.fit_transform(np.asarray(Q)).astype(np.float64)
     return tsne.fit_transform(np.asarray(Q)).astype(np.float64)
 
 
@@ -100,7 +112,9 @@ def short_name(model_key: str) -> str:
     return model_key.rsplit("/", 1)[-1]
 
 
-def _check_inputs(xy: np.ndarray, labels: Sequence[str], families: Sequence[str] | None):
+def _check_inputs(
+    xy: np.ndarray, labels: Sequence[str], families: Sequence[str] | None
+) -> list[str]:
     K = len(labels)
     if xy.shape != (K, 2):
         raise ValueError(f"xy must be K x 2 with K = {K} labels, got shape {xy.shape}")
@@ -285,7 +299,7 @@ def write_map_html(
     return _atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
-def _hover_value(value) -> str:
+def _hover_value(value: object) -> str:
     """Floats with 4 significant digits, everything else as text."""
     if isinstance(value, float | np.floating):
         return f"{float(value):.4g}"
