@@ -7,11 +7,14 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export MODELMAP_CACHE ?= $(CURDIR)/.cache/modelmap
 export MODELMAP_DATA ?= $(CURDIR)/data
+# bf16 scoring: AMX makes it ~2x faster on these CPUs; measured on the zoo, per-text
+# log-likelihoods differ from float32 by <4e-4 relative and 2KL by <0.05%.
+export MODELMAP_DTYPE ?= bfloat16
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test zoo ui lint clean
+.PHONY: install demo test zoo ui lint clean hub
 
 # torch first, pinned to the CPU build the machines carry (a bare `torch` pulls CUDA wheels).
 $(STAMP): pyproject.toml
@@ -31,6 +34,12 @@ test: $(STAMP)
 
 zoo: $(STAMP)
 	$(BIN)/modelmap zoo
+
+# A local Hugging Face Hub serving $(HUB_ROOT) (point HF_ENDPOINT at it).
+HUB_ROOT ?= $(MODELMAP_CACHE)/hub_repos
+HUB_PORT ?= 8765
+hub: $(STAMP)
+	$(BIN)/python -m modelmap.hub_server --root $(HUB_ROOT) --port $(HUB_PORT)
 
 ui: $(STAMP)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

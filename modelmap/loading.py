@@ -125,10 +125,13 @@ def load_causal_lm(
                 f"model {key}: download failed: {type(exc).__name__}: {exc}"
             ) from exc
         sha = folder.name
+    check_model_folder(key, folder, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise ModelLoadError(f"model {key}: cannot load its tokenizer: {exc}") from exc
+    # Long texts are split into windows by the scorer, not truncated: silence the length warning.
+    tokenizer.model_max_length = 1 << 60
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch_dtype, trust_remote_code=trust_remote_code
@@ -147,6 +150,37 @@ def load_causal_lm(
         dtype=torch_dtype,
         device=torch_device,
     )
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model"}
+
+
+def check_model_folder(key: str, folder: Path, trust_remote_code: bool) -> None:
+    """Refuse, before transformers runs anything, a folder without weights or with remote code.
+
+    A config with `auto_map` ships its own Python modelling code: loading it would run code
+    from the repo, which is allowed only for models the operator has allow-listed.
+    """
+    folder = Path(folder)
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
+        raise ModelLoadError(f"model {key}: no weights (no *.safetensors file) in {folder}")
+    names = {p.name for p in folder.iterdir()}
+    if not (names & TOKENIZER_FILES or any(n.endswith(".tiktoken") for n in names)):
+        # transformers 5 would build an empty tokenizer from the config alone.
+        raise ModelLoadError(
+            f"model {key}: no tokenizer files (none of {sorted(TOKENIZER_FILES)}) in {folder}"
+        )
+    try:
+        config = read_json(folder / "config.json")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {key}: unreadable config.json: {exc}") from exc
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(
+            f"model {key}: needs remote code (its config.json has auto_map "
+            f"{sorted(config['auto_map'])}), and trust_remote_code is not allowed for it; "
+            "add it to the trust_remote_code allow-list to score it"
+        )
 
 
 def read_json(path: Path) -> dict:

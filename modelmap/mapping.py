@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from modelmap.storage import write_atomic
 
 #: Below this many models ``method="auto"`` uses PCA: t-SNE on a handful of points only
 #: reflects its perplexity calibration, not the data.
@@ -124,25 +125,6 @@ def _check_inputs(
     return fams
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    Readers (the Dagster UI, a browser) never see a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _family_order(families: Sequence[str]) -> list[str]:
     """Families sorted by size (largest first, then name), so colours are stable."""
     counts: dict[str, int] = {}
@@ -222,7 +204,7 @@ def plot_map_png(
             ncols=1 if len(order) <= 20 else 2,
             title="family",
         )
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def write_map_html(
@@ -296,7 +278,7 @@ def write_map_html(
         height=800,
     )
     page = fig.to_html(include_plotlyjs=True, full_html=True)
-    return _atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def _hover_value(value: object) -> str:

@@ -19,7 +19,7 @@ steps at lr 3e-4 keep every fine-tune's nearest neighbour inside its family; muc
 or stronger fine-tunes let fine-tunes on the same domain from different families attract each
 other.
 
-Run ``python -m modelmap.zoo --out DIR`` to build it (about 3-5 minutes on two cores).
+Run ``python -m modelmap.zoo --out DIR`` to build it (~5 min on two idle cores, more if shared).
 """
 
 from __future__ import annotations
@@ -279,8 +279,9 @@ def _capped(texts: Mapping[str, list[str]], max_chars: int) -> Iterable[str]:
             yield t
 
 
-def train_tokenizer(texts: Mapping[str, list[str]], family: FamilySpec,
-                    tokenizer_chars: int = 1_000_000):
+def train_tokenizer(
+    texts: Mapping[str, list[str]], family: FamilySpec, tokenizer_chars: int = 1_000_000
+):
     """Train a byte-level BPE on all training text and wrap it for transformers.
 
     A BPE of a few thousand merges needs far less text than the models: at most

@@ -10,6 +10,8 @@ from modelmap_assets.corpus import corpus
 from modelmap_assets.likelihood import likelihood
 from modelmap_assets.maps import coordinates, kl_table, model_map
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.sensors import build_hub_models_sensor
+from resources.hub import HubResource
 from resources.models import ModelSourceResource
 from resources.scorer import ScorerResource
 from resources.storage import StorageResource
@@ -38,7 +40,30 @@ def build_resources(env: Mapping[str, str] = os.environ) -> dict:
             hub_cache_dir=str(cache / "hub"),
             trust_remote_code_allow=[k for k in allow.split(",") if k],
         ),
+        "hub": build_hub_resource(env),
     }
+
+
+def build_hub_resource(env: Mapping[str, str] = os.environ) -> HubResource:
+    """The Hub to watch: HF_ENDPOINT, HF_TOKEN (bound as an EnvVar, never stored) and limits."""
+
+    def listed(name: str) -> list[str]:
+        return [v.strip() for v in env.get(name, "").split(",") if v.strip()]
+
+    max_params = env.get("MODELMAP_HUB_MAX_PARAMS")
+    return HubResource(
+        endpoint=env.get("HF_ENDPOINT", "https://huggingface.co"),
+        token=dg.EnvVar("HF_TOKEN") if env.get("HF_TOKEN") else None,
+        authors=listed("MODELMAP_HUB_AUTHORS"),
+        search=env.get("MODELMAP_HUB_SEARCH") or None,
+        max_parameters=int(max_params) if max_params else None,
+        max_models_per_tick=int(env.get("MODELMAP_HUB_MAX_PER_TICK", "5")),
+        initial_lookback_hours=float(env.get("MODELMAP_HUB_LOOKBACK_HOURS", "24")),
+        allow=listed("MODELMAP_HUB_ALLOW"),
+        deny=listed("MODELMAP_HUB_DENY"),
+        trust_remote_code_allow=listed("MODELMAP_TRUST_REMOTE_CODE"),
+        cache_dir=str(cache_dir(env) / "hub"),
+    )
 
 
 score_models_job = dg.define_asset_job(
@@ -63,6 +88,14 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 defs = dg.Definitions(
     assets=ASSETS,
     jobs=[score_models_job, map_job],
-    sensors=[automation_sensor],
+    sensors=[
+        automation_sensor,
+        # Watches the Hub once turned on in the UI (or on by default with MODELMAP_HUB_SENSOR=on).
+        build_hub_models_sensor(
+            dg.DefaultSensorStatus.RUNNING
+            if os.environ.get("MODELMAP_HUB_SENSOR") == "on"
+            else dg.DefaultSensorStatus.STOPPED
+        ),
+    ],
     resources=build_resources(),
 )

@@ -3,12 +3,15 @@
 import dagster as dg
 import numpy as np
 import polars as pl
+import torch
 
-from modelmap.loading import ModelLoadError
-from modelmap.scoring import ScoringError
+from modelmap.loading import LoadedModel, ModelLoadError, load_causal_lm
+from modelmap.scoring import ScoreResult, ScoringError
 from modelmap.storage import InvalidModelKey, validate_model_key
 from modelmap_assets.corpus import corpus
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.tags import REVISION_TAG
+from resources.hub import HubResource
 from resources.models import ModelSourceResource
 from resources.scorer import ScorerResource, peak_memory_mb
 from resources.storage import StorageResource
@@ -26,6 +29,7 @@ def likelihood(
     scorer: ScorerResource,
     storage: StorageResource,
     model_source: ModelSourceResource,
+    hub: HubResource,
 ) -> dg.MaterializeResult:
     """Sum of token log-probabilities (nats) of each corpus text under one model."""
     key = context.partition_key
@@ -33,21 +37,31 @@ def likelihood(
         validate_model_key(key)
         info = model_source.describe(key)
         texts, corpus_meta = storage.read_corpus()
-        loaded = scorer.load(
-            key,
-            info["path"],
-            cache_dir=model_source.hub_cache_dir,
-            trust_remote_code=model_source.trusts_remote_code(key),
-        )
+        path, sha = info["path"], None
+        trust = model_source.trusts_remote_code(key) or hub.trusts_remote_code(key)
+        if path is None:
+            # A Hub model: download exactly the sha the sensor saw (its run tag), else main.
+            path, sha = hub.fetch(key, context.run.tags.get(REVISION_TAG))
+        loaded = scorer.load(key, path, trust_remote_code=trust)
+        if sha is not None:
+            loaded.revision = sha
         context.log.info(
             f"{key}: {loaded.n_params:,} parameters, revision {loaded.revision[:12]}, "
             f"{loaded.dtype} on {loaded.device}, context {loaded.context_length}; "
             f"scoring {texts.height} texts"
         )
-        result = scorer.score(loaded, texts["text"].to_list(), log=context.log.info)
+        try:
+            result = scorer.score(loaded, texts["text"].to_list(), log=context.log.info)
+        except ScoringError as exc:
+            if loaded.dtype == torch.float32:
+                raise
+            loaded, result = _retry_in_float32(context, scorer, loaded, path, trust, texts, exc)
     except (InvalidModelKey, ModelLoadError, ScoringError, FileNotFoundError) as exc:
         # A clear, model-named failure in the UI; other partitions and the map go on.
-        raise dg.Failure(description=f"model {key}: {exc}") from exc
+        message = str(exc)
+        if not message.startswith(f"model {key}"):
+            message = f"model {key}: {message}"
+        raise dg.Failure(description=message) from exc
 
     df = pl.DataFrame(
         {
@@ -85,3 +99,31 @@ def likelihood(
         },
         data_version=dg.DataVersion(f"{loaded.revision[:16]}-{corpus_meta['corpus_hash'][:16]}"),
     )
+
+
+def _retry_in_float32(
+    context: dg.AssetExecutionContext,
+    scorer: ScorerResource,
+    loaded: LoadedModel,
+    path: str,
+    trust: bool,
+    texts: pl.DataFrame,
+    error: ScoringError,
+) -> tuple[LoadedModel, ScoreResult]:
+    """Score once more in float32 (half precision can overflow to inf/NaN)."""
+    context.log.warning(f"{error}; retrying once in float32 instead of {loaded.dtype}")
+    revision = loaded.revision
+    loaded = load_causal_lm(
+        loaded.key,
+        path,
+        device=scorer.device,
+        dtype="float32",
+        trust_remote_code=trust,
+        max_context=scorer.max_context,
+    )
+    loaded.revision = revision
+    try:
+        result = scorer.score(loaded, texts["text"].to_list(), log=context.log.info)
+    except ScoringError as again:
+        raise ScoringError(f"{again} (also after a retry in float32)") from again
+    return loaded, result

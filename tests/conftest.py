@@ -33,3 +33,22 @@ def corpus_texts():
     from modelmap.corpus import build_corpus
 
     return build_corpus("embedded", 300)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A random 1-layer GPT-2 folder with a trained BPE tokenizer (built in about a second)."""
+    from hubtools import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A local Hub server on a free port, serving `tmp_path / 'hub'`."""
+    from modelmap.hub_server import HubServer
+
+    root = tmp_path / "hub"
+    root.mkdir()
+    with HubServer(root) as server:
+        yield server

@@ -35,22 +35,31 @@ def pipeline(zoo, tmp_path_factory):
         target = tmp / "cache" / "zoo" / m.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(folder / m.path)
-    env = {"MODELMAP_DATA": str(tmp / "data"), "MODELMAP_CACHE": str(tmp / "cache"),
-           "MODELMAP_DEVICE": "cpu"}
+    env = {
+        "MODELMAP_DATA": str(tmp / "data"),
+        "MODELMAP_CACHE": str(tmp / "cache"),
+        "MODELMAP_DEVICE": "cpu",
+    }
     resources = build_resources(env)
     keys = [m.key for m in models] + ["broken/truncated"]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", keys)
-        outcome = materialize_all(instance, {"source": "embedded", "n_texts": 300},
-                                  resources=resources)
+        outcome = materialize_all(
+            instance, {"source": "embedded", "n_texts": 300}, resources=resources
+        )
         materialized = {
             k.to_user_string()
             for k in instance.get_asset_keys()
             if instance.get_latest_materialization_event(k) is not None
         }
         map_event = instance.get_latest_materialization_event(dg.AssetKey("model_map"))
-        yield {"outcome": outcome, "root": tmp / "data", "models": models,
-               "materialized": materialized, "map_event": map_event}
+        yield {
+            "outcome": outcome,
+            "root": tmp / "data",
+            "models": models,
+            "materialized": materialized,
+            "map_event": map_event,
+        }
 
 
 def test_broken_model_fails_alone_with_a_clear_message(pipeline):
@@ -68,8 +77,14 @@ def test_every_asset_is_materialized_with_its_metadata(pipeline):
         "materialized"
     ]
     root = pipeline["root"]
-    for path in ["corpus/corpus.parquet", "kl_table/neighbours.parquet", "kl_table/pairs.parquet",
-                 "model_map/map.png", "model_map/map.html", "model_map/map.parquet"]:
+    for path in [
+        "corpus/corpus.parquet",
+        "kl_table/neighbours.parquet",
+        "kl_table/pairs.parquet",
+        "model_map/map.png",
+        "model_map/map.html",
+        "model_map/map.parquet",
+    ]:
         assert (root / path).stat().st_size > 0, path
     metadata = pipeline["map_event"].asset_materialization.metadata
     assert metadata["method"].value == "tsne"

@@ -70,12 +70,18 @@ def test_engine_matches_per_token_reference_for_every_architecture(zoo, corpus_t
         ids = tokenize(loaded.tokenizer, sample)
         assert len(ids[0]) > loaded.context_length, f"{arch}: no text exceeds the context"
         fast = score_texts(
-            loaded.model, loaded.tokenizer, sample, context=loaded.context_length,
-            token_budget=4 * loaded.context_length, head_chunk_tokens=100,
+            loaded.model,
+            loaded.tokenizer,
+            sample,
+            context=loaded.context_length,
+            token_budget=4 * loaded.context_length,
+            head_chunk_tokens=100,
         ).loglik_nats
         reference = np.array(
-            [reference_loglik(loaded.model, loaded.tokenizer, t, context=loaded.context_length)
-             for t in sample]
+            [
+                reference_loglik(loaded.model, loaded.tokenizer, t, context=loaded.context_length)
+                for t in sample
+            ]
         )
         scored = np.abs(reference) > 0
         rel = np.abs(fast[scored] - reference[scored]) / np.abs(reference[scored])
@@ -121,5 +127,10 @@ def test_nan_weights_fail_with_the_model_named(zoo):
     with torch.no_grad():
         next(loaded.model.parameters()).fill_(float("nan"))
     with pytest.raises(ScoringError, match=f"model {entry.key}: .*NaN"):
-        score_texts(loaded.model, loaded.tokenizer, ["some text to score"],
-                    context=loaded.context_length, name=entry.key)
+        score_texts(
+            loaded.model,
+            loaded.tokenizer,
+            ["some text to score"],
+            context=loaded.context_length,
+            name=entry.key,
+        )

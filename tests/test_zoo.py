@@ -25,8 +25,12 @@ def _documents() -> list[dict[str, str]]:
     for i in range(60):
         verse = " ".join(rng.choice(words) for _ in range(40))
         docs.append({"domain": "bible", "text": f"{i}:{i + 1} And it came to pass, {verse}."})
-        docs.append({"domain": "python code",
-                     "text": f"def f{i}(x):\n    return x * {i} + {rng.randint(0, 99)}\n" * 4})
+        docs.append(
+            {
+                "domain": "python code",
+                "text": f"def f{i}(x):\n    return x * {i} + {rng.randint(0, 99)}\n" * 4,
+            }
+        )
         docs.append({"domain": "fortunes", "text": f"{verse.capitalize()}!\n\t\t-- Someone {i}\n%"})
     return docs
 
@@ -86,8 +90,7 @@ def test_bos_conventions(small_zoo):
     assert gpt2("hello world")["input_ids"][0] != gpt2.bos_token_id
     assert gpt2.bos_token == gpt2.eos_token == "<|endoftext|>"
     for tok in (llama, gpt2):
-        assert None not in (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id,
-                            tok.pad_token_id)
+        assert None not in (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id, tok.pad_token_id)
 
 
 def test_interpolation_is_exact_convex_combination(small_zoo):
@@ -96,8 +99,11 @@ def test_interpolation_is_exact_convex_combination(small_zoo):
     assert interp
     fam = interp[0].family
     base = AutoModelForCausalLM.from_pretrained(out / f"zoo/{fam}-base").state_dict()
-    ft_key = next(m.key for m in models
-                  if m.family == fam and m.role == "finetune" and m.key.endswith("-strong"))
+    ft_key = next(
+        m.key
+        for m in models
+        if m.family == fam and m.role == "finetune" and m.key.endswith("-strong")
+    )
     ft = AutoModelForCausalLM.from_pretrained(out / ft_key).state_dict()
     assert any(not torch.equal(base[k], ft[k]) for k in base)
     for m in interp:
@@ -130,8 +136,7 @@ def test_cache_skips_retraining(small_zoo, monkeypatch):
     monkeypatch.setattr(zoo, "train", no_training)
     again = build_zoo(out, _documents(), ZooSpec.small(), log=lambda s: None)
     assert again == models
-    assert stamp == {m.key: (out / m.path / "model.safetensors").stat().st_mtime_ns
-                     for m in models}
+    assert stamp == {m.key: (out / m.path / "model.safetensors").stat().st_mtime_ns for m in models}
     # Different training text: the cache does not apply.
     with pytest.raises(AssertionError, match="retrained"):
         build_zoo(out, _documents()[:-3], ZooSpec.small(), log=lambda s: None)

@@ -1,0 +1,6 @@
+"""Run tags shared by the sensors that request runs and the assets that read them."""
+
+# The Hub sha a run must score: `hub_models_sensor` sets it, `likelihood` downloads exactly it.
+REVISION_TAG = "modelmap/revision"
+# Why the run was requested: `hub-new` or `hub-update`.
+SOURCE_TAG = "modelmap/source"
