@@ -79,32 +79,20 @@ def context_length(config, cap: int | None = None) -> int:
     raise ModelLoadError("the config states no context length; set max_context to score it")
 
 
-def download_snapshot(repo_id: str, revision: str | None, cache_dir: str | None) -> Path:
-    """Download only what scoring needs from the Hub (pinned to `revision`)."""
-    from huggingface_hub import snapshot_download
-
-    return Path(
-        snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=SCORING_FILES,
-        )
-    )
-
-
 def load_causal_lm(
     key: str,
-    source: str | Path | None = None,
+    source: str | Path,
     *,
     revision: str | None = None,
     device: str = "auto",
     dtype: str = "float32",
     trust_remote_code: bool = False,
-    cache_dir: str | None = None,
     max_context: int | None = None,
 ) -> LoadedModel:
-    """Load model `key` from the local folder `source`, or from the Hub when `source` is None.
+    """Load model `key` from the model folder `source` (a zoo folder or a Hub snapshot).
+
+    Hub models are downloaded first by `resources.hub.HubResource.fetch`, pinned to a sha,
+    which is passed as `revision`; a local folder's revision is a hash of its files.
 
     Raises `ModelLoadError` naming the model and the cause when it cannot be loaded.
     """
@@ -112,19 +100,10 @@ def load_causal_lm(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if source is not None:
-        folder = Path(source)
-        if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"model {key}: no config.json in {folder}")
-        sha = folder_revision(folder)
-    else:
-        try:
-            folder = download_snapshot(key, revision, cache_dir)
-        except Exception as exc:  # the Hub client's typed errors say what went wrong
-            raise ModelLoadError(
-                f"model {key}: download failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        sha = folder.name
+    folder = Path(source)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"model {key}: no config.json in {folder}")
+    sha = revision or folder_revision(folder)
     check_model_folder(key, folder, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)

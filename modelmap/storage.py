@@ -36,7 +36,7 @@ def validate_model_key(key: str) -> str:
     Refuses path traversal (`..`), absolute paths, commas, spaces and control characters, so a
     file path derived from a key can never leave the storage folder.
     """
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise InvalidModelKey(
             f"invalid model key {key!r}: expected a Hub repo id 'org/name' made of letters, "
             "digits, '.', '_' and '-' (no spaces, commas, control characters or path parts)"

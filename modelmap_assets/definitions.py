@@ -27,7 +27,6 @@ def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
 def build_resources(env: Mapping[str, str] = os.environ) -> dict:
     """Resources from the environment: the one place that reads modelmap's settings."""
     cache = cache_dir(env)
-    allow = env.get("MODELMAP_TRUST_REMOTE_CODE", "")
     return {
         "storage": StorageResource(base_dir=str(Path(env.get("MODELMAP_DATA", "data")).resolve())),
         "scorer": ScorerResource(
@@ -35,11 +34,7 @@ def build_resources(env: Mapping[str, str] = os.environ) -> dict:
             dtype=env.get("MODELMAP_DTYPE", "float32"),
             token_budget=int(env.get("MODELMAP_TOKEN_BUDGET", "16384")),
         ),
-        "model_source": ModelSourceResource(
-            local_dirs=[str(cache / "zoo")],
-            hub_cache_dir=str(cache / "hub"),
-            trust_remote_code_allow=[k for k in allow.split(",") if k],
-        ),
+        "model_source": ModelSourceResource(local_dirs=[str(cache / "zoo")]),
         "hub": build_hub_resource(env),
     }
 

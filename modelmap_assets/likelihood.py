@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from modelmap.loading import LoadedModel, ModelLoadError, load_causal_lm
+from modelmap.loading import LoadedModel, ModelLoadError
 from modelmap.scoring import ScoreResult, ScoringError
 from modelmap.storage import InvalidModelKey, validate_model_key
 from modelmap_assets.corpus import corpus
@@ -38,13 +38,11 @@ def likelihood(
         info = model_source.describe(key)
         texts, corpus_meta = storage.read_corpus()
         path, sha = info["path"], None
-        trust = model_source.trusts_remote_code(key) or hub.trusts_remote_code(key)
+        trust = hub.trusts_remote_code(key)
         if path is None:
             # A Hub model: download exactly the sha the sensor saw (its run tag), else main.
             path, sha = hub.fetch(key, context.run.tags.get(REVISION_TAG))
-        loaded = scorer.load(key, path, trust_remote_code=trust)
-        if sha is not None:
-            loaded.revision = sha
+        loaded = scorer.load(key, path, revision=sha, trust_remote_code=trust)
         context.log.info(
             f"{key}: {loaded.n_params:,} parameters, revision {loaded.revision[:12]}, "
             f"{loaded.dtype} on {loaded.device}, context {loaded.context_length}; "
@@ -112,16 +110,9 @@ def _retry_in_float32(
 ) -> tuple[LoadedModel, ScoreResult]:
     """Score once more in float32 (half precision can overflow to inf/NaN)."""
     context.log.warning(f"{error}; retrying once in float32 instead of {loaded.dtype}")
-    revision = loaded.revision
-    loaded = load_causal_lm(
-        loaded.key,
-        path,
-        device=scorer.device,
-        dtype="float32",
-        trust_remote_code=trust,
-        max_context=scorer.max_context,
+    loaded = scorer.load(
+        loaded.key, path, revision=loaded.revision, trust_remote_code=trust, dtype="float32"
     )
-    loaded.revision = revision
     try:
         result = scorer.score(loaded, texts["text"].to_list(), log=context.log.info)
     except ScoringError as again:

@@ -16,8 +16,6 @@ class ModelSourceResource(dg.ConfigurableResource):
     """
 
     local_dirs: list[str] = []
-    hub_cache_dir: str | None = None
-    trust_remote_code_allow: list[str] = []
 
     def _registry(self) -> dict[str, dict]:
         entries: dict[str, dict] = {}
@@ -44,6 +42,3 @@ class ModelSourceResource(dg.ConfigurableResource):
     def families(self, keys: list[str]) -> list[str]:
         registry = self._registry()
         return [registry.get(k, {}).get("family") or k.split("/")[0] for k in keys]
-
-    def trusts_remote_code(self, key: str) -> bool:
-        return key in self.trust_remote_code_allow

@@ -33,20 +33,20 @@ class ScorerResource(dg.ConfigurableResource):
     def load(
         self,
         key: str,
-        path: str | None,
+        path: str,
         *,
         revision: str | None = None,
-        cache_dir: str | None = None,
         trust_remote_code: bool = False,
+        dtype: str | None = None,
     ) -> LoadedModel:
+        """Load a model folder on this scorer's device, in its dtype unless `dtype` is given."""
         return load_causal_lm(
             key,
             path,
             revision=revision,
             device=self.device,
-            dtype=self.dtype,
+            dtype=dtype or self.dtype,
             trust_remote_code=trust_remote_code,
-            cache_dir=cache_dir,
             max_context=self.max_context,
         )
 
