@@ -4,6 +4,7 @@ Runs against the Dagster instance in $DAGSTER_HOME, so every run shows in the UI
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -85,6 +86,41 @@ def materialize_all(
     return {"failed": failed, "storage": resources["storage"].root}
 
 
+def demo_through_hub(instance: dg.DagsterInstance, corpus_config: dict, small: bool) -> dict:
+    """The path a deployment takes: the zoo is published to a local Hub server, the
+    `hub_models_sensor` finds it and requests one run per model, and declarative automation
+    refreshes coordinates, kl_table and model_map. Only the corpus is materialized by hand.
+    """
+    from modelmap.hub_server import HubServer, publish_zoo
+    from modelmap.zoo import ZooSpec, build_zoo
+    from modelmap_assets.definitions import defs
+    from modelmap_assets.ticks import LocalDaemon
+
+    zoo_dir = cache_dir() / "zoo"
+    build_zoo(zoo_dir, spec=ZooSpec.small() if small else ZooSpec.default())
+    hub_root = cache_dir() / "hub_repos"
+    with HubServer(hub_root) as server:
+        published = publish_zoo(hub_root, zoo_dir)
+        print(f"local Hub at {server.url}: published {len(published)} zoo models")
+        # Every model comes from the Hub now, as in a deployment: no local model folders.
+        env = {**os.environ, "HF_ENDPOINT": server.url, "MODELMAP_LOCAL_MODELS": ""}
+        resources = build_resources(env)
+        run = dg.materialize(
+            ASSETS,
+            selection=["corpus"],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"corpus": {"config": corpus_config}}},
+        )
+        print(f"corpus: run {run.run_id} succeeded")
+        ticks = LocalDaemon(defs, instance, resources).run_until_idle()
+    print(
+        f"sensor added {len(ticks.added)} models, {len(ticks.scored)} scored, "
+        f"{len(ticks.failed)} failed; automation refreshed the map {len(ticks.refreshed)} times"
+    )
+    return {"failed": ticks.failed, "storage": resources["storage"].root}
+
+
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
     """The message of a failed run's first step failure (what the UI shows)."""
     for event in result.all_events:
@@ -105,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     reg = sub.add_parser("register", help="add model keys to the `models` partitions")
     reg.add_argument("keys", nargs="+")
     mat = sub.add_parser("materialize", help="materialize corpus, every model and the map")
-    demo = sub.add_parser("demo", help="zoo + materialize, on the embedded default")
+    demo = sub.add_parser(
+        "demo", help="zoo on a local Hub, found by the sensor, scored and mapped automatically"
+    )
     for p in (mat, demo):
         p.add_argument("--source", default="embedded", help="embedded | jsonl | folder")
         p.add_argument("--path", default=None, help="the corpus file or folder")
@@ -123,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
     t0 = time.perf_counter()
-    keys = build_and_register_zoo(instance, args.small, False) if args.command == "demo" else None
-    outcome = materialize_all(instance, corpus_config, keys)
+    if args.command == "demo":
+        outcome = demo_through_hub(instance, corpus_config, args.small)
+    else:
+        outcome = materialize_all(instance, corpus_config)
     root = outcome["storage"]
     print(f"\nmodelmap finished in {time.perf_counter() - t0:.0f} s")
     if outcome["failed"]:

@@ -9,7 +9,6 @@ import dagster as dg
 from modelmap_assets.corpus import corpus
 from modelmap_assets.likelihood import likelihood
 from modelmap_assets.maps import coordinates, kl_table, model_map
-from modelmap_assets.partitions import models_partitions
 from modelmap_assets.sensors import build_hub_models_sensor
 from resources.hub import HubResource
 from resources.models import ModelSourceResource
@@ -34,7 +33,14 @@ def build_resources(env: Mapping[str, str] = os.environ) -> dict:
             dtype=env.get("MODELMAP_DTYPE", "float32"),
             token_budget=int(env.get("MODELMAP_TOKEN_BUDGET", "16384")),
         ),
-        "model_source": ModelSourceResource(local_dirs=[str(cache / "zoo")]),
+        # Folders of local models (the zoo); empty: every key is a Hub repo.
+        "model_source": ModelSourceResource(
+            local_dirs=[
+                d
+                for d in env.get("MODELMAP_LOCAL_MODELS", str(cache / "zoo")).split(os.pathsep)
+                if d
+            ]
+        ),
         "hub": build_hub_resource(env),
     }
 
@@ -64,7 +70,6 @@ def build_hub_resource(env: Mapping[str, str] = os.environ) -> HubResource:
 score_models_job = dg.define_asset_job(
     "score_models",
     selection=[likelihood],
-    partitions_def=models_partitions,
     description="Score one model (a `models` partition) on the corpus.",
 )
 map_job = dg.define_asset_job(

@@ -41,7 +41,7 @@ def likelihood(
         trust = hub.trusts_remote_code(key)
         if path is None:
             # A Hub model: download exactly the sha the sensor saw (its run tag), else main.
-            path, sha = hub.fetch(key, context.run.tags.get(REVISION_TAG))
+            path, sha, info["family"] = hub.fetch(key, context.run.tags.get(REVISION_TAG))
         loaded = scorer.load(key, path, revision=sha, trust_remote_code=trust)
         context.log.info(
             f"{key}: {loaded.n_params:,} parameters, revision {loaded.revision[:12]}, "

@@ -145,11 +145,11 @@ class HubResource(dg.ConfigurableResource):
             return None
         return int(sum(meta.parameter_count.values()))
 
-    def fetch(self, repo_id: str, revision: str | None = None) -> tuple[Path, str]:
+    def fetch(self, repo_id: str, revision: str | None = None) -> tuple[Path, str, str]:
         """Download what scoring needs of `repo_id` at `revision` (the sha the sensor saw).
 
         Checks access, weights and size before the weights are downloaded. Returns
-        (snapshot folder, sha). Raises `ModelLoadError` naming the model and the cause.
+        (snapshot folder, sha, family). Raises `ModelLoadError` naming the model and the cause.
         """
         from huggingface_hub import snapshot_download
 
@@ -180,4 +180,19 @@ class HubResource(dg.ConfigurableResource):
             raise
         except Exception as exc:  # the client's typed errors, worded for the UI
             raise ModelLoadError(f"model {repo_id}: {hub_error_message(exc, revision)}") from exc
-        return Path(folder), info.sha
+        return Path(folder), info.sha, family_from_tags(repo_id, info.tags or [])
+
+
+def family_from_tags(repo_id: str, tags: list[str]) -> str:
+    """A model's family for the map: a `family:X` tag, else its base model, else its org.
+
+    The Hub marks fine-tunes, merges and quantisations with `base_model:...` tags; the base
+    model's id names the family those derived models share.
+    """
+    for tag in tags:
+        if tag.startswith("family:"):
+            return tag.removeprefix("family:")
+    for tag in tags:
+        if tag.startswith("base_model:"):
+            return tag.rsplit(":", 1)[-1]
+    return repo_id.split("/")[0]

@@ -38,7 +38,3 @@ class ModelSourceResource(dg.ConfigurableResource):
                 return {"key": key, "path": str(folder), "family": key.split("/")[0]}
         # A Hub model: its family is its organisation until a better label is known.
         return {"key": key, "path": None, "family": key.split("/")[0] if "/" in key else key}
-
-    def families(self, keys: list[str]) -> list[str]:
-        registry = self._registry()
-        return [registry.get(k, {}).get("family") or k.split("/")[0] for k in keys]
