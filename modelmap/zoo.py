@@ -110,7 +110,7 @@ class ZooSpec:
             families=(
                 FamilySpec("gpt2", "gpt2", 2048, 128, n_layer=2, d_model=128, n_head=4),
                 FamilySpec("llama", "llama", 3072, 192, n_layer=3, d_model=192, n_head=4),
-                FamilySpec("neox", "gpt_neox", 4096, 256, n_layer=4, d_model=256, n_head=4),
+                FamilySpec("neox", "gpt_neox", 4096, 256, n_layer=3, d_model=192, n_head=4),
             ),
             interpolation=InterpolationSpec(family="llama", steps=120, lr=1e-3),
         )

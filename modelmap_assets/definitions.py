@@ -31,7 +31,9 @@ def build_resources(env: Mapping[str, str] = os.environ) -> dict:
         "scorer": ScorerResource(
             device=env.get("MODELMAP_DEVICE", "auto"),
             dtype=env.get("MODELMAP_DTYPE", "float32"),
-            token_budget=int(env.get("MODELMAP_TOKEN_BUDGET", "16384")),
+            token_budget=int(env["MODELMAP_TOKEN_BUDGET"])
+            if env.get("MODELMAP_TOKEN_BUDGET")
+            else None,
         ),
         # Folders of local models (the zoo); empty: every key is a Hub repo.
         "model_source": ModelSourceResource(

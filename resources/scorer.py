@@ -24,7 +24,7 @@ class ScorerResource(dg.ConfigurableResource):
 
     device: str = "auto"
     dtype: str = "float32"
-    token_budget: int = 16_384
+    token_budget: int | None = None  # padded tokens per batch; None: 2,048 CPU, 16,384 GPU
     head_chunk_tokens: int = 4_096
     stride: int | None = None  # sliding-window stride; default half the context
     max_context: int | None = None  # cap on the model's context length

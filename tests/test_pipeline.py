@@ -39,6 +39,8 @@ def pipeline(zoo, tmp_path_factory):
         "MODELMAP_DATA": str(tmp / "data"),
         "MODELMAP_CACHE": str(tmp / "cache"),
         "MODELMAP_DEVICE": "cpu",
+        # The demo's precision; float32 agreement with the reference is tested in test_scoring.
+        "MODELMAP_DTYPE": "bfloat16",
     }
     resources = build_resources(env)
     keys = [m.key for m in models] + ["broken/truncated"]
