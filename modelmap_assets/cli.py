@@ -39,6 +39,17 @@ def build_and_register_zoo(instance: dg.DagsterInstance, small: bool, force: boo
     return keys
 
 
+def materialize_corpus(instance: dg.DagsterInstance, resources: dict, corpus_config: dict) -> None:
+    run = dg.materialize(
+        ASSETS,
+        selection=["corpus"],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"corpus": {"config": corpus_config}}},
+    )
+    print(f"corpus: run {run.run_id} succeeded")
+
+
 def materialize_all(
     instance: dg.DagsterInstance,
     corpus_config: dict,
@@ -50,14 +61,7 @@ def materialize_all(
     A model that fails is reported and left out; the map is built from the rest.
     """
     resources = resources or build_resources()
-    corpus_run = dg.materialize(
-        ASSETS,
-        selection=["corpus"],
-        instance=instance,
-        resources=resources,
-        run_config={"ops": {"corpus": {"config": corpus_config}}},
-    )
-    print(f"corpus: run {corpus_run.run_id} succeeded")
+    materialize_corpus(instance, resources, corpus_config)
     keys = keys or sorted(instance.get_dynamic_partitions(models_partitions.name))
     failed = {}
     for i, key in enumerate(keys, 1):
@@ -105,14 +109,7 @@ def demo_through_hub(instance: dg.DagsterInstance, corpus_config: dict, small: b
         # Every model comes from the Hub now, as in a deployment: no local model folders.
         env = {**os.environ, "HF_ENDPOINT": server.url, "MODELMAP_LOCAL_MODELS": ""}
         resources = build_resources(env)
-        run = dg.materialize(
-            ASSETS,
-            selection=["corpus"],
-            instance=instance,
-            resources=resources,
-            run_config={"ops": {"corpus": {"config": corpus_config}}},
-        )
-        print(f"corpus: run {run.run_id} succeeded")
+        materialize_corpus(instance, resources, corpus_config)
         ticks = LocalDaemon(defs, instance, resources).run_until_idle()
     print(
         f"sensor added {len(ticks.added)} models, {len(ticks.scored)} scored, "
