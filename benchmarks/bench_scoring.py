@@ -341,11 +341,12 @@ def bench_lm_eval(key, lm, texts, text_tokens, reference, rate, weights, args, l
     runs = []
     default = lm_eval_engine(lm, 1)
     flops = lm_eval_flops(lm, default, texts)
-    values, wall, peak = timed(default, texts, device, weights)
-    runs.append(
-        Run(
+
+    def measure(name: str, engine, batch_size: int) -> None:
+        values, wall, peak = timed(engine, texts, device, weights)
+        run = Run(
             key,
-            "lm_eval_default",
+            name,
             dtype,
             str(device),
             text_tokens / wall,
@@ -354,10 +355,12 @@ def bench_lm_eval(key, lm, texts, text_tokens, reference, rate, weights, args, l
             rel_diff(values, reference),
             wall,
             len(texts),
-            1,
+            batch_size,
         )
-    )
-    log(f"  {_row(runs[-1])}")
+        runs.append(run)
+        log(f"  {_row(run)}")
+
+    measure("lm_eval_default", default, 1)
     # The best batch size, chosen on a subset, then timed on every text.
     subset = texts[: args.lm_eval_sweep_texts]
     speeds = {1: len(subset) / max(1e-9, _time_only(default, subset))}
@@ -370,24 +373,7 @@ def bench_lm_eval(key, lm, texts, text_tokens, reference, rate, weights, args, l
         + ", ".join(f"{bs}: {v:.1f}" for bs, v in speeds.items())
         + f" -> {best}"
     )
-    engine = lm_eval_engine(lm, best)
-    values, wall, peak = timed(engine, texts, device, weights)
-    runs.append(
-        Run(
-            key,
-            "lm_eval_best",
-            dtype,
-            str(device),
-            text_tokens / wall,
-            peak,
-            flops / wall / rate,
-            rel_diff(values, reference),
-            wall,
-            len(texts),
-            best,
-        )
-    )
-    log(f"  {_row(runs[-1])}")
+    measure("lm_eval_best", lm_eval_engine(lm, best), best)
     return runs
 
 
