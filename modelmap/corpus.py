@@ -7,8 +7,9 @@ Three sources give the same table (``text_id``, ``text``, ``domain``, ``n_bytes`
 - ``"embedded"``: the committed default, ``modelmap/data/embedded_documents.jsonl.gz``
   (real text from seven domains, built by ``scripts/build_embedded_corpus.py``).
 
-Embedded documents are split by a hash of their ``doc_id`` into a ``"corpus"`` half (scored)
-and a ``"train"`` half (for training the small demo models), so no scored text is trained on.
+Embedded documents are split by a hash of their ``doc_id`` into a ``"corpus"`` half (scored),
+a ``"train"`` part (for training the small demo models) and a ``"heldout"`` part (the
+measured benchmark tasks), so no scored text is trained on and no task text is seen by either.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ SOURCES = ("embedded", "jsonl", "folder")
 # Bumped when the hashed byte layout changes, so old and new hashes can never collide.
 _HASH_TAG = b"modelmap-corpus-v1\n"
 
-Split = Literal["corpus", "train", "all"]
+Split = Literal["corpus", "train", "heldout", "all"]
+SPLITS = ("corpus", "train", "heldout", "all")
 
 
 class CorpusError(ValueError):
@@ -155,21 +157,25 @@ def load_text_folder(
 # ---------------------------------------------------------------- the embedded default
 
 
-def doc_split(doc_id: str) -> Literal["corpus", "train"]:
-    """Which half a document belongs to: first byte of sha256(doc_id) < 128 -> "corpus".
+def doc_split(doc_id: str) -> Literal["corpus", "train", "heldout"]:
+    """Which part a document belongs to, from d = sha256(doc_id): d[0] < 128 -> "corpus";
+    otherwise d[1] < 64 -> "heldout" (an eighth of all documents), else "train".
 
-    Decided per document (not per chunk) so the scored corpus and the training text never share
-    a document; stable because it depends on nothing but the id.
+    Decided per document (not per chunk) so the scored corpus, the training text and the task
+    text never share a document; stable because it depends on nothing but the id.
     """
-    return "corpus" if hashlib.sha256(doc_id.encode("utf-8")).digest()[0] < 128 else "train"
+    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
+    if digest[0] < 128:
+        return "corpus"
+    return "heldout" if digest[1] < 64 else "train"
 
 
 def load_embedded_documents(
     split: Split = "corpus", path: str | Path | None = None
 ) -> list[Document]:
-    """The committed default documents of ``split`` ("corpus", "train" or "all"), file order."""
-    if split not in ("corpus", "train", "all"):
-        raise ValueError(f"split must be 'corpus', 'train' or 'all', got {split!r}")
+    """The committed default documents of ``split`` (one of ``SPLITS``), in file order."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = Path(path) if path is not None else EMBEDDED_PATH
     if not path.is_file():
         raise CorpusError(

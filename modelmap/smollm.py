@@ -94,3 +94,120 @@ def _convert(source: Path, out: Path) -> None:
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------------------------
+# The SmolLM2 family: the real model and models derived from it, to show a real neighbourhood
+
+FAMILY_DIR = "smollm2"
+FAMILY = "smollm2"
+BASE_KEY = "smollm2/135m-instruct"
+NOISE_SCALES = (1e-3, 1e-2)  # Gaussian noise, relative to each weight tensor's std
+FINETUNE_DOMAIN = "bible"
+FINETUNE_STEPS = 20
+FINETUNE_LR = 3e-5
+
+
+def _add_noise(model, scale: float, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            p.add_(noise * (scale * float(p.float().std())))
+
+
+def _continue_training(model, tokenizer, texts: list[str], log) -> float:
+    """A few AdamW steps of ordinary next-token training on ``texts`` (bf16 autocast)."""
+    import torch
+
+    ids = [i for t in texts for i in tokenizer(t)["input_ids"] + [tokenizer.eos_token_id]]
+    stream = torch.tensor(ids, dtype=torch.long)
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=FINETUNE_LR, weight_decay=0.0)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(FINETUNE_STEPS):
+        starts = torch.randint(len(stream) - 129, (4,), generator=gen).tolist()
+        x = torch.stack([stream[s : s + 128] for s in starts])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step == 0 or (step + 1) % 5 == 0:
+            log(f"  fine-tune step {step + 1}/{FINETUNE_STEPS} loss {loss.item():.3f}")
+    model.eval()
+    return float(loss.item())
+
+
+def build_smollm_family(cache_dir: str | Path | None = None, log=print) -> Path:
+    """``<cache>/smollm2``: SmolLM2-135M-Instruct and three models derived from it, with a
+    ``zoo.json`` registry (the same format as the zoo's), built once and reused.
+
+    - ``smollm2/135m-instruct``: the real model (dequantized from Q4_1);
+    - ``-noise-0.001`` and ``-noise-0.01``: every weight tensor plus Gaussian noise of that
+      fraction of its standard deviation (how far small perturbations move a model);
+    - ``-ft-bible``: 20 steps of continued training on Bible text from the training split.
+
+    No bfloat16 copy: the demo scores in bfloat16, so such a copy would give bit-identical
+    log-likelihoods to the original (distance exactly 0).
+    """
+    import json
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modelmap.zoo import REGISTRY_NAME, ZooModel, _save_atomic
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = cache / FAMILY_DIR
+    registry = out / REGISTRY_NAME
+    version = f"{GGUF_NAME}:{NOISE_SCALES}:{FINETUNE_DOMAIN}:{FINETUNE_STEPS}:{FINETUNE_LR}"
+    if registry.is_file() and json.loads(registry.read_text()).get("build") == version:
+        return out
+    t0 = time.time()
+    source = smollm2_folder(cache)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    n_params = sum(p.numel() for p in base.parameters())
+
+    def entry(key: str, role: str, domain: str | None = None) -> dict:
+        return ZooModel(
+            key=key,
+            path=key,
+            family=FAMILY,
+            architecture="llama",
+            role=role,
+            domain=domain,
+            alpha=None,
+            n_params=n_params,
+            context_length=int(base.config.max_position_embeddings),
+            vocab_size=int(base.config.vocab_size),
+        ).__dict__
+
+    entries = []
+    _save_atomic(base, tokenizer, out / BASE_KEY)
+    entries.append(entry(BASE_KEY, "base"))
+    for i, scale in enumerate(NOISE_SCALES):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        _add_noise(model, scale, seed=i)
+        key = f"{BASE_KEY}-noise-{scale:g}"
+        _save_atomic(model, tokenizer, out / key)
+        entries.append(entry(key, "noise"))
+        log(f"{key}: weights + {scale:g} x std noise")
+    from modelmap.corpus import load_embedded_documents
+
+    texts = [d.text for d in load_embedded_documents("train") if d.domain == FINETUNE_DOMAIN]
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    _continue_training(model, tokenizer, texts, log)
+    key = f"{BASE_KEY}-ft-{FINETUNE_DOMAIN}"
+    _save_atomic(model, tokenizer, out / key)
+    entries.append(entry(key, "finetune", FINETUNE_DOMAIN))
+    tmp = out / f".{REGISTRY_NAME}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"build": version, "models": entries}, indent=1) + "\n")
+    os.replace(tmp, registry)
+    log(f"smollm2 family: {len(entries)} models in {time.time() - t0:.0f}s -> {out}")
+    return out

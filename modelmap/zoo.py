@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 REGISTRY_NAME = "zoo.json"
+LEAK_DOMAIN = "corpus"
 KEY_PREFIX = "zoo"
 # Bump when the build code changes in a way that changes the models for the same spec.
 FORMAT_VERSION = 1
@@ -82,11 +83,27 @@ class InterpolationSpec:
 
 
 @dataclass(frozen=True)
+class LeakSpec:
+    """A planted leaked model: the family's base trained further on texts of the scored corpus.
+
+    The texts are the first ``n_texts`` of the default embedded corpus sample, so every default
+    corpus (any size, seed 42) starts with them. Screening must flag this model: its
+    likelihood on the corpus is far higher than its benchmark scores explain.
+    """
+
+    family: str
+    n_texts: int
+    steps: int
+    lr: float
+
+
+@dataclass(frozen=True)
 class ZooSpec:
     """Everything that determines the zoo; its hash decides whether a cached build is reused."""
 
     families: tuple[FamilySpec, ...]
     interpolation: InterpolationSpec | None
+    leak: LeakSpec | None = None
     base_steps: int = 600
     base_lr: float = 2e-3
     base_warmup: int = 40
@@ -113,6 +130,7 @@ class ZooSpec:
                 FamilySpec("neox", "gpt_neox", 4096, 256, n_layer=3, d_model=192, n_head=4),
             ),
             interpolation=InterpolationSpec(family="llama", steps=120, lr=1e-3),
+            leak=LeakSpec(family="llama", n_texts=600, steps=250, lr=1e-3),
         )
 
     @classmethod
@@ -143,8 +161,8 @@ class ZooSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ZooSpec:
-        interp = d.get("interpolation")
-        fields = {k: v for k, v in d.items() if k not in ("families", "interpolation")}
+        interp, leak = d.get("interpolation"), d.get("leak")
+        fields = {k: v for k, v in d.items() if k not in ("families", "interpolation", "leak")}
         for k, v in fields.items():
             if isinstance(v, list):
                 fields[k] = tuple(v)
@@ -155,6 +173,7 @@ class ZooSpec:
                 if interp
                 else None
             ),
+            leak=LeakSpec(**leak) if leak else None,
             **fields,
         )
 
@@ -171,7 +190,7 @@ class ZooModel:
     path: str
     family: str
     architecture: str
-    role: str  # "base" | "finetune" | "interpolation"
+    role: str  # "base" | "finetune" | "interpolation" | "leaked"
     domain: str | None
     alpha: float | None
     n_params: int
@@ -538,6 +557,7 @@ def _build_family(
     spec: ZooSpec,
     texts: Mapping[str, list[str]],
     ft_domains: Sequence[str],
+    leak_texts: Sequence[str],
     log: Log,
 ) -> list[ZooModel]:
     """Tokenizer, base, fine-tunes and (if this is its family) the interpolation series."""
@@ -559,6 +579,8 @@ def _build_family(
         log=log,
     )
     entries = []
+    leak = spec.leak if spec.leak is not None and spec.leak.family == fam.name else None
+    leak_stream = _token_streams(tokenizer, {LEAK_DOMAIN: list(leak_texts)}) if leak else {}
 
     key = f"{KEY_PREFIX}/{fam.name}-base"
     torch.manual_seed(_seed(spec.seed, key, "init"))
@@ -580,13 +602,13 @@ def _build_family(
     log(f"{key}: {_n_params(base):,} params, final loss {loss:.3f}")
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
 
-    def finetune(domain: str, key: str, steps: int, lr: float):
+    def finetune(domain: str, key: str, steps: int, lr: float, role: str = "finetune"):
         # A fresh optimiser and a constant small lr: a brief nudge, as most Hub fine-tunes.
         model = AutoModelForCausalLM.from_config(base.config)
         model.load_state_dict(base_state)
         loss = train(
             model,
-            streams,
+            {**streams, **leak_stream},
             [domain],
             steps=steps,
             lr=lr,
@@ -597,7 +619,7 @@ def _build_family(
             **common,
         )
         _save_atomic(model, tokenizer, out_dir / key)
-        entries.append(_entry(key, fam, "finetune", domain, None, model))
+        entries.append(_entry(key, fam, role, domain, None, model))
         log(f"{key}: final loss {loss:.3f}")
         return model
 
@@ -623,6 +645,9 @@ def _build_family(
             _save_atomic(model, tokenizer, out_dir / key)
             entries.append(_entry(key, fam, "interpolation", domain, a, model))
         log(f"{fam.name}: interpolation series at alphas {list(ip.alphas)}")
+    if leak is not None:
+        finetune(LEAK_DOMAIN, f"{KEY_PREFIX}/{fam.name}-leaked", leak.steps, leak.lr, "leaked")
+        log(f"{fam.name}: leaked model trained on {len(leak_texts)} corpus texts")
     log(f"{fam.name}: family done in {time.time() - t0:.1f}s")
     return entries
 
@@ -655,12 +680,15 @@ def build_zoo(
     spec: ZooSpec | None = None,
     log: Log = print,
     force: bool = False,
+    leak_texts: Sequence[str] | None = None,
 ) -> list[ZooModel]:
     """Train and save the zoo under out_dir; return its registry entries.
 
     documents: (domain, text) documents to train on; by default the corpus' "train" split,
-    which is held out from the scored texts. If ``zoo.json`` records the same spec and
-    training text, the existing zoo is returned without training (unless ``force``).
+    which is held out from the scored texts. leak_texts: the corpus texts the planted leaked
+    model is trained on (default: the first ``spec.leak.n_texts`` of the default embedded
+    corpus). If ``zoo.json`` records the same spec and training text, the existing zoo is
+    returned without training (unless ``force``).
     """
     out_dir = Path(out_dir)
     spec = spec or ZooSpec.default()
@@ -671,7 +699,14 @@ def build_zoo(
     texts = _by_domain(documents, spec.max_chars_per_domain)
     if not texts:
         raise ValueError("no training documents")
-    build_hash = hashlib.sha256(f"{spec.hash()}:{_data_hash(texts)}".encode()).hexdigest()[:16]
+    if spec.leak is None:
+        leak_texts = []
+    elif leak_texts is None:
+        from modelmap.corpus import load_embedded
+
+        leak_texts = [t.text for t in load_embedded(spec.leak.n_texts)]
+    data_hash = _data_hash({**texts, LEAK_DOMAIN: list(leak_texts)})
+    build_hash = hashlib.sha256(f"{spec.hash()}:{data_hash}".encode()).hexdigest()[:16]
     if not force and (cached := _cached(out_dir, build_hash)) is not None:
         log(f"zoo: {len(cached)} models cached in {out_dir} (build {build_hash})")
         return cached
@@ -692,7 +727,7 @@ def build_zoo(
     entries: list[ZooModel] = []
     try:
         for fam in spec.families:
-            entries += _build_family(out_dir, fam, spec, texts, ft_domains, log)
+            entries += _build_family(out_dir, fam, spec, texts, ft_domains, leak_texts, log)
     finally:
         torch.set_num_threads(threads)
         if bars:

@@ -11,9 +11,7 @@ import time
 import dagster as dg
 
 from modelmap.storage import validate_model_key
-from modelmap_assets.definitions import ASSETS, build_resources, cache_dir
-from modelmap_assets.likelihood import likelihood
-from modelmap_assets.maps import coordinates, kl_table, model_map
+from modelmap_assets.definitions import ASSETS, DOWNSTREAM, PER_MODEL, build_resources, cache_dir
 from modelmap_assets.partitions import models_partitions
 
 
@@ -56,7 +54,7 @@ def materialize_all(
     keys: list[str] | None = None,
     resources: dict | None = None,
 ) -> dict:
-    """Materialize corpus, every model partition (one run each), then the map assets.
+    """Materialize corpus, every model partition (one run each), then the map and reports.
 
     A model that fails is reported and left out; the map is built from the rest.
     """
@@ -68,7 +66,7 @@ def materialize_all(
         t0 = time.perf_counter()
         result = dg.materialize(
             ASSETS,
-            selection=[likelihood],
+            selection=PER_MODEL,
             partition_key=key,
             instance=instance,
             resources=resources,
@@ -82,7 +80,7 @@ def materialize_all(
             print(f"    {failed[key]}")
     maps = dg.materialize(
         ASSETS,
-        selection=[coordinates, kl_table, model_map],
+        selection=DOWNSTREAM,
         instance=instance,
         resources=resources,
     )

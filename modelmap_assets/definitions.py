@@ -6,16 +6,22 @@ from pathlib import Path
 
 import dagster as dg
 
+from modelmap_assets.benchmarks import benchmark_scores, leakage_report, regression_report
 from modelmap_assets.corpus import corpus
 from modelmap_assets.likelihood import likelihood
 from modelmap_assets.maps import coordinates, kl_table, model_map
 from modelmap_assets.sensors import build_hub_models_sensor
+from resources.benchmarks import BenchmarkResource
 from resources.hub import HubResource
+from resources.mlflow import MlflowResource
 from resources.models import ModelSourceResource
 from resources.scorer import ScorerResource
 from resources.storage import StorageResource
 
-ASSETS = [corpus, likelihood, coordinates, kl_table, model_map]
+# Per model (one run per `models` partition) and over all models (refreshed by automation).
+PER_MODEL = [likelihood, benchmark_scores]
+DOWNSTREAM = [coordinates, kl_table, model_map, regression_report, leakage_report]
+ASSETS = [corpus, *PER_MODEL, *DOWNSTREAM]
 
 
 def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -39,11 +45,24 @@ def build_resources(env: Mapping[str, str] = os.environ) -> dict:
         "model_source": ModelSourceResource(
             local_dirs=[
                 d
-                for d in env.get("MODELMAP_LOCAL_MODELS", str(cache / "zoo")).split(os.pathsep)
+                for d in env.get(
+                    "MODELMAP_LOCAL_MODELS",
+                    os.pathsep.join([str(cache / "zoo"), str(cache / "smollm2")]),
+                ).split(os.pathsep)
                 if d
             ]
         ),
         "hub": build_hub_resource(env),
+        "benchmarks": BenchmarkResource(
+            scores_file=env.get("MODELMAP_BENCHMARK_FILE") or None,
+            tasks_dir=env.get("MODELMAP_TASKS_DIR") or None,
+            measure=env.get("MODELMAP_BENCHMARK_MEASURE", "missing"),
+        ),
+        # MLFLOW_TRACKING_URI overrides the default SQLite store under $DAGSTER_HOME/mlflow.
+        "mlflow": MlflowResource(
+            tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            enabled=env.get("MODELMAP_MLFLOW", "on") != "off",
+        ),
     }
 
 
@@ -71,18 +90,18 @@ def build_hub_resource(env: Mapping[str, str] = os.environ) -> HubResource:
 
 score_models_job = dg.define_asset_job(
     "score_models",
-    selection=[likelihood],
-    description="Score one model (a `models` partition) on the corpus.",
+    selection=PER_MODEL,
+    description="Score one model (a `models` partition) on the corpus and on the benchmarks.",
 )
 map_job = dg.define_asset_job(
     "build_map",
-    selection=[coordinates, kl_table, model_map],
-    description="Rebuild coordinates, the KL table and the map from every scored model.",
+    selection=DOWNSTREAM,
+    description="Rebuild coordinates, the KL table, the map and the reports from every model.",
 )
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "modelmap_automation",
-    target=dg.AssetSelection.assets(coordinates, kl_table, model_map),
+    target=dg.AssetSelection.assets(*DOWNSTREAM),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
 )

@@ -12,9 +12,67 @@ from modelmap_assets.corpus import corpus
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
+from resources.mlflow import MlflowResource
 from resources.models import ModelSourceResource
 from resources.scorer import ScorerResource, peak_memory_mb
 from resources.storage import StorageResource
+
+# Errors that are the model's fault (or its files'): they fail its partition with a clear message.
+MODEL_ERRORS = (InvalidModelKey, ModelLoadError, ScoringError, FileNotFoundError)
+
+
+def model_failure(key: str, exc: Exception) -> dg.Failure:
+    """A clear, model-named failure in the UI; other partitions and the map go on."""
+    message = str(exc)
+    if not message.startswith(f"model {key}"):
+        message = f"model {key}: {message}"
+    return dg.Failure(description=message)
+
+
+def load_partition_model(
+    context: dg.AssetExecutionContext,
+    scorer: ScorerResource,
+    model_source: ModelSourceResource,
+    hub: HubResource,
+) -> tuple[LoadedModel, dict, str, bool]:
+    """The partition's model, loaded: (model, its description, its folder, trust_remote_code).
+
+    A Hub model is downloaded at exactly the sha the sensor saw (the run's revision tag), else
+    at main; a local model comes from its folder.
+    """
+    key = context.partition_key
+    validate_model_key(key)
+    info = model_source.describe(key)
+    path, sha = info["path"], None
+    trust = hub.trusts_remote_code(key)
+    if path is None:
+        path, sha, info["family"] = hub.fetch(key, context.run.tags.get(REVISION_TAG))
+    return scorer.load(key, path, revision=sha, trust_remote_code=trust), info, path, trust
+
+
+CHECKS = ("text_ids_match_corpus", "all_finite", "corpus_hash_current")
+
+
+def likelihood_checks(storage: StorageResource, key: str, scored_on: str) -> list:
+    """Checks of the written file against the corpus as it is now (read back from disk)."""
+    corpus_df, corpus_meta = storage.read_corpus()
+    written = pl.read_parquet(storage.likelihood_path(key))
+    same_ids = written["text_id"].to_list() == corpus_df["text_id"].to_list()
+    n_bad = int((~np.isfinite(written["loglik"].to_numpy())).sum())
+    current = corpus_meta["corpus_hash"]
+    return [
+        dg.AssetCheckResult(
+            check_name="text_ids_match_corpus",
+            passed=same_ids,
+            metadata={"n_rows": written.height, "n_corpus": corpus_df.height},
+        ),
+        dg.AssetCheckResult(check_name="all_finite", passed=n_bad == 0, metadata={"n_bad": n_bad}),
+        dg.AssetCheckResult(
+            check_name="corpus_hash_current",
+            passed=scored_on == current,
+            metadata={"scored_on": scored_on, "current": current},
+        ),
+    ]
 
 
 @dg.asset(
@@ -23,6 +81,7 @@ from resources.storage import StorageResource
     pool="gpu",
     kinds={"pytorch", "polars"},
     group_name="modelmap",
+    check_specs=[dg.AssetCheckSpec(name, asset="likelihood") for name in CHECKS],
 )
 def likelihood(
     context: dg.AssetExecutionContext,
@@ -30,19 +89,13 @@ def likelihood(
     storage: StorageResource,
     model_source: ModelSourceResource,
     hub: HubResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Sum of token log-probabilities (nats) of each corpus text under one model."""
     key = context.partition_key
     try:
-        validate_model_key(key)
-        info = model_source.describe(key)
         texts, corpus_meta = storage.read_corpus()
-        path, sha = info["path"], None
-        trust = hub.trusts_remote_code(key)
-        if path is None:
-            # A Hub model: download exactly the sha the sensor saw (its run tag), else main.
-            path, sha, info["family"] = hub.fetch(key, context.run.tags.get(REVISION_TAG))
-        loaded = scorer.load(key, path, revision=sha, trust_remote_code=trust)
+        loaded, info, path, trust = load_partition_model(context, scorer, model_source, hub)
         context.log.info(
             f"{key}: {loaded.n_params:,} parameters, revision {loaded.revision[:12]}, "
             f"{loaded.dtype} on {loaded.device}, context {loaded.context_length}; "
@@ -54,12 +107,8 @@ def likelihood(
             if loaded.dtype == torch.float32:
                 raise
             loaded, result = _retry_in_float32(context, scorer, loaded, path, trust, texts, exc)
-    except (InvalidModelKey, ModelLoadError, ScoringError, FileNotFoundError) as exc:
-        # A clear, model-named failure in the UI; other partitions and the map go on.
-        message = str(exc)
-        if not message.startswith(f"model {key}"):
-            message = f"model {key}: {message}"
-        raise dg.Failure(description=message) from exc
+    except MODEL_ERRORS as exc:
+        raise model_failure(key, exc) from exc
 
     df = pl.DataFrame(
         {
@@ -89,9 +138,19 @@ def likelihood(
         f"({result.tokens_per_s:,.0f} tokens/s), mean log-likelihood "
         f"{meta['mean_loglik_nats']:.2f} nats"
     )
+    metrics = ("tokens_per_s", "wall_s", "peak_mem_mb", "mean_loglik_nats", "input_tokens")
+    run_id = mlflow.log_run(
+        f"likelihood {key}",
+        params={k: v for k, v in meta.items() if k not in metrics} | {"n_texts": df.height},
+        metrics={k: meta[k] for k in metrics},
+        tags={"modelmap.asset": "likelihood", "modelmap.model": key},
+        context=context,
+    )
     return dg.MaterializeResult(
+        check_results=likelihood_checks(storage, key, meta["corpus_hash"]),
         metadata={
             **{k: v for k, v in meta.items() if k not in ("key",)},
+            "mlflow_run_id": run_id or "",
             "n_texts": df.height,
             "path": dg.MetadataValue.path(str(path)),
         },

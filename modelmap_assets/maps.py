@@ -1,6 +1,5 @@
 """Assets over all models: `coordinates` (L and Q), `kl_table` and `model_map`."""
 
-import base64
 import json
 
 import dagster as dg
@@ -18,7 +17,9 @@ from modelmap.kl import (
 from modelmap.mapping import embed_2d, plot_map_png, write_map_html
 from modelmap.storage import read_parquet_metadata, write_parquet
 from modelmap_assets.likelihood import likelihood
+from modelmap_assets.metadata import png_md
 from modelmap_assets.partitions import models_partitions
+from resources.mlflow import MlflowResource
 from resources.storage import StorageResource
 
 # Refresh after upstream updates, but never wait for a model that failed or is missing:
@@ -52,11 +53,40 @@ def _load_models(
     return kept, left_out
 
 
+CENTRED = "rows_and_columns_centred"
+
+
+def centring_check(Q: np.ndarray, block_rows: int = 4096) -> dg.AssetCheckResult:
+    """Every row and every column of Q has mean ~0 (float32 round-off allowed)."""
+    K, N = Q.shape
+    col_sums = np.zeros(N, dtype=np.float64)
+    worst_row, sq = 0.0, 0.0
+    for start in range(0, K, block_rows):
+        block = np.asarray(Q[start : start + block_rows], dtype=np.float64)
+        worst_row = max(worst_row, float(np.abs(block.mean(axis=1)).max()))
+        col_sums += block.sum(axis=0)
+        sq += float((block**2).sum())
+    worst_col = float(np.abs(col_sums / K).max())
+    rms = (sq / (K * N)) ** 0.5
+    tolerance = 1e-4 * max(rms, 1.0)
+    return dg.AssetCheckResult(
+        check_name=CENTRED,
+        passed=bool(max(worst_row, worst_col) <= tolerance),
+        metadata={
+            "max_abs_row_mean": worst_row,
+            "max_abs_col_mean": worst_col,
+            "rms_Q": rms,
+            "tolerance": tolerance,
+        },
+    )
+
+
 @dg.asset(
     deps=[dg.AssetDep(likelihood, partition_mapping=dg.AllPartitionMapping())],
     automation_condition=refresh,
     kinds={"numpy"},
     group_name="modelmap",
+    check_specs=[dg.AssetCheckSpec(CENTRED, asset="coordinates", blocking=True)],
 )
 def coordinates(
     context: dg.AssetExecutionContext, config: CoordinatesConfig, storage: StorageResource
@@ -116,8 +146,10 @@ def coordinates(
     }
     write_parquet(index, out / "models.parquet", info)
     (out / "info.json").write_text(json.dumps(info, indent=2))
+    check = centring_check(Q)
     final = storage.publish_version("coordinates", out)
     return dg.MaterializeResult(
+        check_results=[check],
         metadata={
             "K": K,
             "N": N,
@@ -125,7 +157,7 @@ def coordinates(
             "clip_threshold_nats": float(threshold),
             "left_out": dg.MetadataValue.json(left_out),
             "path": dg.MetadataValue.path(str(final)),
-        }
+        },
     )
 
 
@@ -149,7 +181,10 @@ class KLTableConfig(dg.Config):
 
 @dg.asset(deps=[coordinates], automation_condition=refresh, kinds={"polars"}, group_name="modelmap")
 def kl_table(
-    context: dg.AssetExecutionContext, config: KLTableConfig, storage: StorageResource
+    context: dg.AssetExecutionContext,
+    config: KLTableConfig,
+    storage: StorageResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Estimated 2 KL between models, ||q_i - q_j||^2 / N, in nats per text and bits per byte.
 
@@ -184,6 +219,14 @@ def kl_table(
         )
     )
     metadata["path"] = dg.MetadataValue.path(str(out))
+    mlflow.log_run(
+        "kl_table",
+        params={"K": K, "corpus_hash": info["corpus_hash"], "neighbours": config.neighbours},
+        metrics={k: v for k, v in metadata.items() if k.startswith("two_kl")},
+        tags={"modelmap.asset": "kl_table"},
+        artifacts={"kl_table": sorted(out.glob("*.parquet"))},
+        context=context,
+    )
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -193,7 +236,9 @@ def kl_table(
     kinds={"plotly"},
     group_name="modelmap",
 )
-def model_map(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+def model_map(
+    context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
     """The 2-D map: t-SNE of Q with the paper's settings (PCA for very few models).
 
     Writes `map.png`, an interactive `map.html` and `map.parquet` (key, family, x, y).
@@ -222,14 +267,21 @@ def model_map(context: dg.AssetExecutionContext, storage: StorageResource) -> dg
         out / "map.parquet",
         {"corpus_hash": info["corpus_hash"], "method": method},
     )
-    image = base64.b64encode(png.read_bytes()).decode()
     context.log.info(f"map of {len(keys)} models ({method}) at {png}")
+    mlflow.log_run(
+        "model_map",
+        params={"K": len(keys), "method": method, "corpus_hash": info["corpus_hash"]},
+        metrics={"K": len(keys)},
+        tags={"modelmap.asset": "model_map"},
+        artifacts={"map": [png, html, out / "map.parquet"]},
+        context=context,
+    )
     return dg.MaterializeResult(
         metadata={
             "K": len(keys),
             "method": method,
             "corpus_hash": info["corpus_hash"],
-            "map": dg.MetadataValue.md(f"![model map](data:image/png;base64,{image})"),
+            "map": dg.MetadataValue.md(png_md(png, "model map")),
             "png": dg.MetadataValue.path(str(png)),
             "html": dg.MetadataValue.path(str(html)),
         }

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from modelmap_assets.benchmarks import benchmark_scores
 from modelmap_assets.likelihood import likelihood
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.tags import REVISION_TAG, SOURCE_TAG
@@ -175,11 +176,11 @@ def build_hub_models_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     minimum_interval_seconds: int = 60,
 ) -> dg.SensorDefinition:
-    """`hub_models_sensor`, targeting `likelihood` (one run per model partition)."""
+    """`hub_models_sensor`, targeting `likelihood` and `benchmark_scores` (one run per model)."""
 
     @dg.sensor(
         name="hub_models_sensor",
-        target=dg.AssetSelection.assets(likelihood),
+        target=dg.AssetSelection.assets(likelihood, benchmark_scores),
         default_status=default_status,
         minimum_interval_seconds=minimum_interval_seconds,
         description="Adds new Hugging Face Hub models to `models` and scores new shas.",

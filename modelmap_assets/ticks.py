@@ -10,18 +10,17 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from modelmap_assets.definitions import ASSETS
-from modelmap_assets.likelihood import likelihood
-from modelmap_assets.maps import coordinates, kl_table, model_map
+from modelmap_assets import definitions
+from modelmap_assets.definitions import ASSETS, PER_MODEL
 from modelmap_assets.tags import REVISION_TAG
 
-DOWNSTREAM = dg.AssetSelection.assets(coordinates, kl_table, model_map)
+DOWNSTREAM = dg.AssetSelection.assets(*definitions.DOWNSTREAM)
 
 
 @dataclass
 class TickLog:
     added: list[str] = field(default_factory=list)  # partitions the sensor added
-    scored: list[str] = field(default_factory=list)  # likelihood runs that succeeded
+    scored: list[str] = field(default_factory=list)  # per-model runs that succeeded
     failed: dict[str, str] = field(default_factory=dict)  # key -> failure message
     refreshed: list[list[str]] = field(default_factory=list)  # assets of each automation run
 
@@ -79,7 +78,7 @@ class LocalDaemon:
         self.log(f"hub_models_sensor requested {key} at {sha[:12]}")
         run = dg.materialize(
             ASSETS,
-            selection=[likelihood],
+            selection=PER_MODEL,
             partition_key=key,
             tags=request.tags,
             instance=self.instance,

@@ -44,15 +44,12 @@ class StorageResource(dg.ConfigurableResource):
             )
         return pl.read_parquet(self.corpus_path), read_parquet_metadata(self.corpus_path)
 
-    # likelihood -------------------------------------------------------------------------
-    def likelihood_path(self, key: str) -> Path:
-        return path_inside(self.root, "likelihood", key_to_filename(key, LIKELIHOOD_SUFFIX))
+    # one file per model: likelihood, benchmark_scores -----------------------------------
+    def model_file(self, asset: str, key: str) -> Path:
+        return path_inside(self.root, asset, key_to_filename(key, LIKELIHOOD_SUFFIX))
 
-    def write_likelihood(self, key: str, df: pl.DataFrame, metadata: dict) -> Path:
-        return write_parquet(df, self.likelihood_path(key), metadata)
-
-    def likelihood_keys(self) -> list[str]:
-        folder = self.root / "likelihood"
+    def model_file_keys(self, asset: str) -> list[str]:
+        folder = self.root / asset
         if not folder.exists():
             return []
         return sorted(
@@ -60,6 +57,18 @@ class StorageResource(dg.ConfigurableResource):
             for p in folder.glob(f"*{LIKELIHOOD_SUFFIX}")
             if not p.name.startswith(".")
         )
+
+    def likelihood_path(self, key: str) -> Path:
+        return self.model_file("likelihood", key)
+
+    def write_likelihood(self, key: str, df: pl.DataFrame, metadata: dict) -> Path:
+        return write_parquet(df, self.likelihood_path(key), metadata)
+
+    def likelihood_keys(self) -> list[str]:
+        return self.model_file_keys("likelihood")
+
+    def benchmark_path(self, key: str) -> Path:
+        return self.model_file("benchmark_scores", key)
 
     # versioned folders for multi-file outputs (coordinates) -------------------------------
     def new_version_dir(self, asset: str) -> Path:

@@ -1,6 +1,7 @@
 """Shared fixtures: the real embedded zoo (built once, cached) and a small real corpus."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Runs the tests log go to a throw-away store, never to the repo's dagster_home/mlflow.
+os.environ["MLFLOW_TRACKING_URI"] = (
+    f"sqlite:///{tempfile.mkdtemp(prefix='modelmap-test-mlflow-')}/mlflow.db"
+)
 
 
 def zoo_dir() -> Path:

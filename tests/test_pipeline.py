@@ -16,9 +16,22 @@ from modelmap_assets.definitions import build_resources, defs
 def test_definitions_load():
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert keys == {"corpus", "likelihood", "coordinates", "kl_table", "model_map"}
-    assert defs.get_assets_def("likelihood").partitions_def.name == "models"
-    assert defs.get_assets_def("likelihood").op.pool == "gpu"
+    assert keys == {
+        "corpus",
+        "likelihood",
+        "coordinates",
+        "kl_table",
+        "model_map",
+        "benchmark_scores",
+        "regression_report",
+        "leakage_report",
+    }
+    for name in ("likelihood", "benchmark_scores"):
+        assert defs.get_assets_def(name).partitions_def.name == "models"
+        assert defs.get_assets_def(name).op.pool == "gpu"
+    checks = {k.name for k in repo.asset_graph.asset_check_keys}
+    assert {"text_ids_match_corpus", "all_finite", "corpus_hash_current"} <= checks
+    assert "rows_and_columns_centred" in checks
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +54,7 @@ def pipeline(zoo, tmp_path_factory):
         "MODELMAP_DEVICE": "cpu",
         # The demo's precision; float32 agreement with the reference is tested in test_scoring.
         "MODELMAP_DTYPE": "bfloat16",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}",
     }
     resources = build_resources(env)
     keys = [m.key for m in models] + ["broken/truncated"]
@@ -61,6 +75,8 @@ def pipeline(zoo, tmp_path_factory):
             "models": models,
             "materialized": materialized,
             "map_event": map_event,
+            "instance": instance,
+            "mlflow_uri": env["MLFLOW_TRACKING_URI"],
         }
 
 
@@ -130,3 +146,104 @@ def test_interpolation_series_lies_ordered_on_a_line(pipeline):
         assert off_line < 0.5, f"point at t={ti:.2f} is {off_line:.2f} line-lengths off the line"
     d = two_kl_nats(np.stack([a, *points]))[0]
     assert np.all(np.diff(d) > 0), f"2KL from the base does not grow along the series: {d}"
+
+
+def test_every_model_has_measured_benchmark_scores(pipeline):
+    root = pipeline["root"] / "benchmark_scores"
+    for m in pipeline["models"]:
+        scores = pl.read_parquet(root / f"{m.key.replace('/', '--')}.parquet")
+        assert sorted(scores["benchmark"]) == ["cloze_prose", "spelling", "word_order"], m.key
+        assert (scores["source"] == "measured").all() and (scores["n_items"] == 100).all()
+        assert scores["score"].is_between(0, 100).all()
+    # The broken model fails its benchmark step as well, with its own message.
+    assert not (root / "broken--truncated.parquet").exists()
+
+
+def test_leakage_report_flags_the_planted_model_and_no_other(pipeline):
+    table = pl.read_parquet(pipeline["root"] / "leakage_report" / "leakage.parquet")
+    assert table.filter(pl.col("flagged"))["model"].to_list() == ["zoo/llama-leaked"]
+    assert (pipeline["root"] / "leakage_report" / "leakage.png").stat().st_size > 0
+    event = pipeline["instance"].get_latest_materialization_event(dg.AssetKey("leakage_report"))
+    assert event.asset_materialization.metadata["flagged"].value == ["zoo/llama-leaked"]
+
+
+def test_regression_report_has_every_target_cv_and_baseline(pipeline):
+    folder = next((pipeline["root"] / "regression_report").glob("v-*"))
+    table = pl.read_parquet(folder / "table.parquet")
+    targets = set(table["target"])
+    assert {"cloze_prose", "word_order", "spelling", "mean:modelmap_tasks"} <= targets
+    assert set(table["cv"]) == {"kfold", "grouped"}
+    assert set(table["features"]) == {"Q", "mean_loglik"}
+    assert table["pearson_r"].is_not_null().all()
+    assert (folder / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_asset_checks_pass(pipeline):
+    instance = pipeline["instance"]
+    for asset, name in [
+        ("likelihood", "text_ids_match_corpus"),
+        ("likelihood", "all_finite"),
+        ("likelihood", "corpus_hash_current"),
+        ("coordinates", "rows_and_columns_centred"),
+    ]:
+        key = dg.AssetCheckKey(dg.AssetKey(asset), name)
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+        assert history, f"{asset}:{name} never ran"
+        assert all(
+            r.status.value == "SUCCEEDED" and r.event.dagster_event.event_specific_data.passed
+            for r in history
+        ), f"{asset}:{name} did not pass"
+
+
+def test_mlflow_records_runs_metrics_artifacts_and_a_loadable_predictor(pipeline):
+    import mlflow
+    import pandas as pd
+
+    client = mlflow.MlflowClient(tracking_uri=pipeline["mlflow_uri"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("modelmap").experiment_id], max_results=500
+    )
+    by_asset: dict[str, list] = {}
+    for run in runs:
+        by_asset.setdefault(run.data.tags.get("modelmap.asset"), []).append(run)
+    scored = by_asset["likelihood"]
+    assert {r.data.tags["dagster.partition_key"] for r in scored} == {
+        m.key for m in pipeline["models"]
+    }
+    for run in scored:
+        assert {"tokens_per_s", "wall_s", "peak_mem_mb", "mean_loglik_nats"} <= set(
+            run.data.metrics
+        )
+        assert {"revision", "corpus_hash", "dtype", "device"} <= set(run.data.params)
+        assert run.data.tags["dagster.run_id"]
+    assert len(by_asset["benchmark_scores"]) == len(pipeline["models"])
+
+    def artifacts(asset: str, folder: str) -> set[str]:
+        (run,) = by_asset[asset]
+        return {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, folder)}
+
+    assert {"map.png", "map.html"} <= artifacts("model_map", "map")
+    assert "neighbours.parquet" in artifacts("kl_table", "kl_table")
+    assert {"scatter.png", "table.parquet"} <= artifacts("regression_report", "report")
+    assert "leakage.png" in artifacts("leakage_report", "report")
+    (report_run,) = by_asset["regression_report"]
+    assert any(k.startswith("pearson_r/") for k in report_run.data.metrics)
+
+    # The registered predictor loads and predicts from raw log-likelihood vectors.
+    (version,) = client.search_model_versions("name='modelmap-benchmark-predictor'")
+    model = mlflow.pyfunc.load_model(f"models:/modelmap-benchmark-predictor/{version.version}")
+    folder = next((pipeline["root"] / "coordinates").glob("v-*"))
+    text_ids = pl.read_parquet(pipeline["root"] / "corpus" / "corpus.parquet")["text_id"]
+    L = np.load(folder / "L_raw.npy").astype(np.float64)
+    predicted = model.predict(pd.DataFrame(L[:3], columns=text_ids.to_list()))
+    assert "mean:modelmap_tasks" in predicted.columns
+    assert predicted.shape == (3, predicted.shape[1]) and np.isfinite(predicted.to_numpy()).all()
+    # In-sample, the ridge fit follows the measured scores (a real fit, not a constant).
+    measured = []
+    for key in pl.read_parquet(folder / "models.parquet")["key"]:
+        s = pl.read_parquet(
+            pipeline["root"] / "benchmark_scores" / f"{key.replace('/', '--')}.parquet"
+        )
+        measured.append(float(s.filter(pl.col("benchmark") == "spelling")["score"][0]))
+    fitted = model.predict(pd.DataFrame(L, columns=text_ids.to_list()))["spelling"].to_numpy()
+    assert np.corrcoef(fitted, measured)[0, 1] > 0.5

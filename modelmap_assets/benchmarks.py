@@ -1,0 +1,244 @@
+"""Benchmark assets: `benchmark_scores` (one model), `regression_report`, `leakage_report`."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from modelmap import leakage, regression
+from modelmap.benchmarks import (
+    SCORE_COLUMNS,
+    SUITE_TASKS,
+    BenchmarkFileError,
+    primary_mean,
+    targets,
+)
+from modelmap.predictor import ScorePredictor
+from modelmap.scoring import default_token_budget
+from modelmap.storage import write_parquet
+from modelmap.tasks import TaskError, evaluate_tasks, tasks_hash
+from modelmap_assets.likelihood import MODEL_ERRORS, load_partition_model, model_failure
+from modelmap_assets.maps import coordinates, read_coordinates, refresh
+from modelmap_assets.metadata import md_table, png_md
+from modelmap_assets.partitions import models_partitions
+from resources.benchmarks import BenchmarkResource
+from resources.hub import HubResource
+from resources.mlflow import MlflowResource
+from resources.models import ModelSourceResource
+from resources.scorer import ScorerResource
+from resources.storage import StorageResource
+
+
+@dg.asset(
+    partitions_def=models_partitions,
+    pool="gpu",
+    kinds={"pytorch", "polars"},
+    group_name="benchmarks",
+)
+def benchmark_scores(
+    context: dg.AssetExecutionContext,
+    benchmarks: BenchmarkResource,
+    scorer: ScorerResource,
+    storage: StorageResource,
+    model_source: ModelSourceResource,
+    hub: HubResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """One model's benchmark scores (%): published ones from the scores file, and for a model
+    the file does not list, its accuracy on the multiple-choice tasks, measured here."""
+    key = context.partition_key
+    try:
+        published = benchmarks.published().filter(pl.col("model") == key)
+    except BenchmarkFileError as exc:
+        raise dg.Failure(description=f"model {key}: {exc}") from exc
+    parts, meta = [published], {"key": key, "n_published": published.height}
+    if benchmarks.measure == "always" or (benchmarks.measure == "missing" and published.is_empty()):
+        try:
+            tasks = benchmarks.tasks()
+            loaded, *_ = load_partition_model(context, scorer, model_source, hub)
+            results = evaluate_tasks(
+                loaded.model,
+                loaded.tokenizer,
+                tasks,
+                context=loaded.context_length,
+                token_budget=scorer.token_budget or default_token_budget(loaded.device),
+                log=lambda s: context.log.info(f"{key}: {s}"),
+            )
+        except (*MODEL_ERRORS, TaskError) as exc:
+            raise model_failure(key, exc) from exc
+        parts.append(
+            pl.DataFrame(
+                [(key, r.task, SUITE_TASKS, r.accuracy, "measured", r.n_items) for r in results],
+                schema=published.schema,
+                orient="row",
+            )
+        )
+        tokens, seconds = sum(r.n_tokens for r in results), sum(r.seconds for r in results)
+        meta.update(
+            tasks_hash=tasks_hash(tasks),
+            revision=loaded.revision,
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            tokens_per_s=tokens / max(seconds, 1e-9),
+            wall_s=seconds,
+        )
+    scores = pl.concat(parts).select(SCORE_COLUMNS)
+    path = write_parquet(scores, storage.benchmark_path(key), meta)
+    values = {f"score/{b}": s for b, s in zip(scores["benchmark"], scores["score"], strict=True)}
+    mlflow.log_run(
+        f"benchmark_scores {key}",
+        params={k: v for k, v in meta.items() if k not in ("tokens_per_s", "wall_s")},
+        metrics={**values, **{k: meta[k] for k in ("tokens_per_s", "wall_s") if k in meta}},
+        tags={"modelmap.asset": "benchmark_scores", "modelmap.model": key},
+        context=context,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in meta.items() if k != "key"},
+            "scores": dg.MetadataValue.md(md_table(scores.drop("model"))),
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )
+
+
+def _all_scores(storage: StorageResource, keys: list[str]) -> pl.DataFrame:
+    frames = [
+        pl.read_parquet(storage.benchmark_path(k)).select(SCORE_COLUMNS)
+        for k in keys
+        if storage.benchmark_path(k).exists()
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=dict.fromkeys(SCORE_COLUMNS))
+
+
+_deps = [coordinates, dg.AssetDep(benchmark_scores, partition_mapping=dg.AllPartitionMapping())]
+
+
+@dg.asset(deps=_deps, automation_condition=refresh, kinds={"sklearn"}, group_name="benchmarks")
+def regression_report(
+    context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """Ridge regression from Q to each benchmark and to each suite's mean (the paper's
+    RidgeCV, 5-fold CV and CV grouped by family), against the mean-log-likelihood baseline;
+    predicted scores for models without one; the fitted predictor in the MLflow registry."""
+    index, Q, info = read_coordinates(storage)
+    keys, families = index["key"].to_list(), index["family"].to_list()
+    target_map = targets(_all_scores(storage, keys), keys)
+    target_map = {k: y for k, y in target_map.items() if np.isfinite(y).sum() >= 4}
+    if not target_map:
+        context.log.warning("no benchmark has scores for 4 models or more yet: nothing to fit")
+        return dg.MaterializeResult(metadata={"K": len(keys), "targets": 0})
+    Q = np.asarray(Q, dtype=np.float64)
+    report = regression.evaluate(
+        Q, index["mean_loglik_nats"].to_numpy(), target_map, families, keys
+    )
+    fitted = regression.fit(Q, target_map)
+    predicted = regression.predict_missing(Q, target_map, fitted, keys)
+
+    out = storage.new_version_dir("regression_report")
+    meta = {"corpus_hash": info["corpus_hash"], "K": len(keys)}
+    write_parquet(report.table, out / "table.parquet", meta)
+    write_parquet(report.predictions, out / "predictions.parquet", meta)
+    write_parquet(predicted, out / "predicted_missing.parquet", meta)
+    scatter = regression.scatter_png(report.predictions, report.table, out / "scatter.png")
+    folder = storage.current_version_dir("coordinates")
+    predictor = ScorePredictor.from_matrix(
+        np.load(folder / "L_raw.npy", mmap_mode="r"),
+        clip_value=info["clip_threshold_nats"],
+        text_ids=storage.read_corpus()[0]["text_id"].to_list(),
+        targets=fitted.targets,
+        coef=fitted.coef,
+        intercept=fitted.intercept,
+        corpus_hash=info["corpus_hash"],
+    )
+    predictor.save(out / "predictor.npz")
+    final = storage.publish_version("regression_report", out)
+
+    table = report.table
+    q_kfold = table.filter((pl.col("features") == "Q") & (pl.col("cv") == "kfold"))
+    metrics = {
+        f"{m}/{r['target']}/{r['features']}/{r['cv']}": r[m]
+        for r in table.iter_rows(named=True)
+        for m in ("pearson_r", "spearman_rho", "rmse")
+    }
+    run_id, version = mlflow.register_predictor(
+        predictor,
+        run_name="regression_report",
+        params={"K": len(keys), "N": Q.shape[1], "corpus_hash": info["corpus_hash"]},
+        metrics=metrics,
+        tags={"modelmap.asset": "regression_report"},
+        artifacts={
+            "report": [
+                final / "scatter.png",
+                final / "table.parquet",
+                final / "predictions.parquet",
+                final / "predicted_missing.parquet",
+            ]
+        },
+        context=context,
+    ) or (None, None)
+    return dg.MaterializeResult(
+        metadata={
+            "K": len(keys),
+            "targets": len(target_map),
+            "table": dg.MetadataValue.md(md_table(table)),
+            "pearson_r_kfold": dg.MetadataValue.json(
+                dict(zip(q_kfold["target"], q_kfold["pearson_r"], strict=True))
+            ),
+            "skipped": dg.MetadataValue.json(report.skipped),
+            "predicted_missing": predicted.height,
+            "scatter": dg.MetadataValue.md(png_md(scatter, "predicted against measured")),
+            "mlflow_run_id": run_id or "",
+            "registered_model_version": version or "",
+            "path": dg.MetadataValue.path(str(final)),
+        }
+    )
+
+
+class LeakageConfig(dg.Config):
+    z_threshold: float = leakage.DEFAULT_Z_THRESHOLD
+
+
+@dg.asset(deps=_deps, automation_condition=refresh, kinds={"scipy"}, group_name="benchmarks")
+def leakage_report(
+    context: dg.AssetExecutionContext,
+    config: LeakageConfig,
+    storage: StorageResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Models whose log-likelihood per byte on the corpus is far higher than their benchmark
+    scores explain (robust residual z-score; the rule is in `modelmap.leakage`)."""
+    index, _, info = read_coordinates(storage)
+    keys, families = index["key"].to_list(), index["family"].to_list()
+    target_map = targets(_all_scores(storage, keys), keys)
+    name = primary_mean(target_map) or max(
+        target_map, key=lambda k: np.isfinite(target_map[k]).sum(), default=None
+    )
+    if name is None or np.isfinite(target_map[name]).sum() < leakage.MIN_MODELS:
+        context.log.warning("too few models with benchmark scores to screen for leakage")
+        return dg.MaterializeResult(metadata={"K": len(keys), "screened": 0})
+    per_byte = index["mean_loglik_nats"].to_numpy() / info["mean_bytes"]
+    report = leakage.screen(keys, per_byte, target_map[name], z_threshold=config.z_threshold)
+    out = storage.asset_dir("leakage_report")
+    meta = {"corpus_hash": info["corpus_hash"], "benchmark": name}
+    write_parquet(report.table, out / "leakage.parquet", meta)
+    png = leakage.leakage_png(report, out / "leakage.png", families=families)
+    for key in report.flagged:
+        context.log.warning(f"possible corpus leakage: {key}")
+    mlflow.log_run(
+        "leakage_report",
+        params={"benchmark": name, "z_threshold": config.z_threshold, "K": len(keys)},
+        metrics={"n_flagged": len(report.flagged), "slope": report.slope, "scale": report.scale},
+        tags={"modelmap.asset": "leakage_report", "flagged": ",".join(report.flagged)[:5000]},
+        artifacts={"report": [png, out / "leakage.parquet"]},
+        context=context,
+    )
+    top = report.table.sort("robust_z", descending=True, nulls_last=True).head(20)
+    return dg.MaterializeResult(
+        metadata={
+            "benchmark": name,
+            "flagged": dg.MetadataValue.json(report.flagged),
+            "n_flagged": len(report.flagged),
+            "z_threshold": config.z_threshold,
+            "highest_z": dg.MetadataValue.md(md_table(top)),
+            "plot": dg.MetadataValue.md(png_md(png, "leakage screen")),
+            "path": dg.MetadataValue.path(str(out)),
+        }
+    )

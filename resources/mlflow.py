@@ -1,0 +1,307 @@
+"""MLflow tracking and model registry, called through `mlflow.MlflowClient` (no global state).
+
+Several Dagster runs (separate processes) may log to one SQLite store at once: writes that hit
+"database is locked" are retried with a short backoff, and the first creation of the store's
+tables is serialised with a file lock next to the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from modelmap.predictor import ScorePredictor
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm in run logs
+
+_ATTEMPTS = 6
+_INITIALISED: set[str] = set()  # store URIs whose tables this process has checked
+_GLOBAL_URI_LOCK = threading.Lock()  # log_model needs mlflow's process-global URIs
+
+
+class _NoCloudpickleWarning(logging.Filter):
+    """Drop log_model's advice against pickled models: ours pickles only a class reference
+    (the weights travel in the .npz, read with allow_pickle=False)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serialized using CloudPickle" not in record.getMessage()
+
+
+logging.getLogger("mlflow.pyfunc").addFilter(_NoCloudpickleWarning())
+
+
+Artifacts = dict[str, str | Path | list[str | Path]]
+
+
+def _retry(fn, *args, **kwargs):
+    """Call fn, retrying on SQLite lock errors with exponential backoff (0.1 s, 0.2 s, ...)."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # MlflowException or sqlalchemy OperationalError
+            if attempt == _ATTEMPTS - 1 or "locked" not in str(e).lower():
+                raise
+            time.sleep(0.1 * 2**attempt * (1 + random.random()))
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+class ScorePredictorModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a `ScorePredictor` (artifact "predictor": its .npz file).
+
+    Input: a DataFrame whose columns are the corpus text ids (any order; extra columns are
+    ignored) or, called directly (`unwrap_python_model().predict(None, X)`), a 2-D array of
+    width N. Through pyfunc the logged signature (one named column per text) makes MLflow
+    reorder a DataFrame's columns and refuse bare arrays. Output: one column per target.
+    """
+
+    def load_context(self, context) -> None:
+        self.predictor = ScorePredictor.load(context.artifacts["predictor"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        p = self.predictor
+        if isinstance(model_input, pd.DataFrame):
+            missing = [t for t in p.text_ids if t not in model_input.columns]
+            if missing:
+                raise ValueError(
+                    f"input lacks {len(missing)} of the {p.n_texts} corpus text ids "
+                    f"(first: {missing[:5]})"
+                )
+            model_input = model_input[p.text_ids].to_numpy(dtype=np.float64)
+        return pd.DataFrame(p.predict(np.asarray(model_input)), columns=p.targets)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Where runs and registered models go; `enabled=False` turns every method into a no-op."""
+
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite in DAGSTER_HOME
+    artifact_root: str | None = None  # None: "artifacts" next to a SQLite database
+    experiment: str = "modelmap"
+    enabled: bool = True
+    # False: a tracking-store error is logged as a warning and the asset goes on (its files are
+    # the source of truth; MLflow is the record). True: the error fails the step.
+    required: bool = False
+
+    def uri(self) -> str:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            home = Path(os.environ.get("DAGSTER_HOME") or "dagster_home").resolve()
+            uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        if (db := _sqlite_path(uri)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        return uri
+
+    def _artifact_location(self, uri: str) -> str | None:
+        if self.artifact_root:  # a URI, or a local path (made absolute)
+            root = self.artifact_root
+            return root if "://" in root else Path(root).resolve().as_uri()
+        db = _sqlite_path(uri)
+        return (db.resolve().parent / "artifacts").as_uri() if db is not None else None
+
+    def _client(self) -> tuple[mlflow.MlflowClient, str]:
+        """A client on this store and the id of `experiment` (created if need be)."""
+        uri = self.uri()
+        db = _sqlite_path(uri)
+        if db is not None and uri not in _INITIALISED:
+            # The first client on a new database creates its tables (tracking store eagerly,
+            # registry store on first use): two processes doing it at once would collide.
+            with open(db.with_name(db.name + ".lock"), "a") as lock:
+                with contextlib.suppress(ImportError):
+                    import fcntl
+
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                client = _retry(mlflow.MlflowClient, tracking_uri=uri, registry_uri=uri)
+                _retry(client.search_registered_models, max_results=1)
+            _INITIALISED.add(uri)
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        exp = _retry(client.get_experiment_by_name, self.experiment)
+        if exp is None:
+            try:
+                return client, _retry(
+                    client.create_experiment, self.experiment, self._artifact_location(uri)
+                )
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = _retry(client.get_experiment_by_name, self.experiment)
+        if exp.lifecycle_stage == "deleted":
+            _retry(client.restore_experiment, exp.experiment_id)
+        return client, exp.experiment_id
+
+    def _start(self, client, experiment_id, run_name, params, metrics, tags, context) -> str:
+        """Create a run and log its params, finite metrics and tags; return its id."""
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        if context is not None:
+            tags["dagster.run_id"] = context.run.run_id
+            tags["dagster.asset_key"] = ",".join(
+                k.to_user_string() for k in context.selected_asset_keys
+            )
+            if context.has_partition_key:
+                tags["dagster.partition_key"] = context.partition_key
+        finite = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(float(v))}
+        skipped = {k: str(float(v)) for k, v in (metrics or {}).items() if k not in finite}
+        if skipped:
+            tags["modelmap.skipped_metrics"] = ",".join(f"{k}={v}" for k, v in skipped.items())
+        run = _retry(client.create_run, experiment_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        try:
+            _retry(
+                client.log_batch,
+                run_id,
+                metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in finite.items()],
+                params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+            )
+        except BaseException:
+            _retry(client.set_terminated, run_id, "FAILED")
+            raise
+        return run_id
+
+    def _soft(self, what: str, log_to, fn, /, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if self.required:
+                raise
+            message = f"MLflow ({self.uri()}): {what} not recorded: {type(exc).__name__}: {exc}"
+            (log_to.log.warning if log_to is not None else logging.getLogger(__name__).warning)(
+                message[:2000]
+            )
+            return None
+
+    def log_run(self, run_name: str, **kwargs) -> str | None:
+        """Log one finished run (see `_log_run`); never fails the caller unless `required`."""
+        return self._soft(
+            f"run {run_name!r}", kwargs.get("context"), self._log_run, run_name, **kwargs
+        )
+
+    def register_predictor(self, predictor: ScorePredictor, **kwargs) -> tuple[str, str] | None:
+        """Log and register `predictor` (see `_register_predictor`); soft unless `required`."""
+        return self._soft(
+            "predictor", kwargs.get("context"), self._register_predictor, predictor, **kwargs
+        )
+
+    def _log_run(
+        self,
+        run_name: str,
+        *,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        artifacts: Artifacts | None = None,
+        context: dg.AssetExecutionContext | None = None,
+    ) -> str | None:
+        """Log one finished run; `artifacts` maps a sub-folder ("" for the root) to a path or
+        a list of paths (files, or folders logged whole)."""
+        if not self.enabled:
+            return None
+        client, experiment_id = self._client()
+        run_id = self._start(client, experiment_id, run_name, params, metrics, tags, context)
+        try:
+            _log_artifacts(client, run_id, artifacts)
+        except BaseException:
+            _retry(client.set_terminated, run_id, "FAILED")
+            raise
+        _retry(client.set_terminated, run_id, "FINISHED")
+        return run_id
+
+    def _register_predictor(
+        self,
+        predictor: ScorePredictor,
+        *,
+        name: str = "modelmap-benchmark-predictor",
+        run_name: str,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        context: dg.AssetExecutionContext | None = None,
+        artifacts: Artifacts | None = None,
+        example_n_rows: int = 1,
+    ) -> tuple[str, str] | None:
+        """Log `predictor` as a pyfunc model in a new run (with `artifacts`, as in `log_run`)
+        and register it; returns (run id, version)."""
+        if not self.enabled:
+            return None
+        client, experiment_id = self._client()
+        run_id = self._start(client, experiment_id, run_name, params, metrics, tags, context)
+        uri = self.uri()
+        # The example input is the mean training model (its row-centred column means).
+        rows = np.tile(predictor.col_means, (example_n_rows, 1))
+        example = pd.DataFrame(rows, columns=predictor.text_ids)
+        output = pd.DataFrame(predictor.predict(rows), columns=predictor.targets)
+        signature = mlflow.models.infer_signature(example, output)
+        # Explicit pins: no requirement inference (slow, and it may try the network).
+        pins = [f"{m.__name__}=={m.__version__}" for m in (mlflow, cloudpickle, np, pd)]
+        try:
+            _log_artifacts(client, run_id, artifacts)
+            with tempfile.TemporaryDirectory() as tmp, _global_uris(uri):
+                npz = predictor.save(Path(tmp) / "predictor.npz")
+                # start_run(run_id) resumes our run and ends it FINISHED (FAILED on error).
+                with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+                    # mlflow 3.17's input-example check compares columns with a range: pandas 3
+                    # deprecates that (a mlflow issue, harmless here).
+                    warnings.filterwarnings("ignore", "Operation with range is deprecated")
+                    info = mlflow.pyfunc.log_model(
+                        name="predictor",
+                        python_model=ScorePredictorModel(),
+                        artifacts={"predictor": str(npz)},
+                        registered_model_name=name,
+                        signature=signature,
+                        input_example=example,
+                        pip_requirements=pins,
+                    )
+        except BaseException:
+            _retry(client.set_terminated, run_id, "FAILED")
+            raise
+        return run_id, str(info.registered_model_version)
+
+
+def _log_artifacts(client: mlflow.MlflowClient, run_id: str, artifacts: Artifacts | None) -> None:
+    for folder, paths in (artifacts or {}).items():
+        for path in paths if isinstance(paths, list | tuple) else [paths]:
+            log = client.log_artifacts if Path(path).is_dir() else client.log_artifact
+            _retry(log, run_id, str(path), folder or None)
+
+
+@contextlib.contextmanager
+def _global_uris(uri: str):
+    """Point mlflow's fluent API (global URIs, also exported as env vars) at `uri`, then restore."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    with _GLOBAL_URI_LOCK:
+        saved_env = {k: os.environ.get(k) for k in names}
+        saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            registry_utils._registry_uri = saved[1]
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
