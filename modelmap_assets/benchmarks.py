@@ -137,7 +137,7 @@ def regression_report(
     write_parquet(report.table, out / "table.parquet", meta)
     write_parquet(report.predictions, out / "predictions.parquet", meta)
     write_parquet(predicted, out / "predicted_missing.parquet", meta)
-    scatter = regression.scatter_png(report.predictions, report.table, out / "scatter.png")
+    regression.scatter_png(report.predictions, report.table, out / "scatter.png")
     folder = storage.current_version_dir("coordinates")
     predictor = ScorePredictor.from_matrix(
         np.load(folder / "L_raw.npy", mmap_mode="r"),
@@ -150,6 +150,7 @@ def regression_report(
     )
     predictor.save(out / "predictor.npz")
     final = storage.publish_version("regression_report", out)
+    scatter = final / "scatter.png"
 
     table = report.table
     q_kfold = table.filter((pl.col("features") == "Q") & (pl.col("cv") == "kfold"))

@@ -88,10 +88,13 @@ def materialize_all(
     return {"failed": failed, "storage": resources["storage"].root}
 
 
-def demo_through_hub(instance: dg.DagsterInstance, corpus_config: dict, small: bool) -> dict:
-    """The path a deployment takes: the zoo is published to a local Hub server, the
-    `hub_models_sensor` finds it and requests one run per model, and declarative automation
-    refreshes coordinates, kl_table and model_map. Only the corpus is materialized by hand.
+def demo_through_hub(
+    instance: dg.DagsterInstance, corpus_config: dict, small: bool, smollm: bool = True
+) -> dict:
+    """The path a deployment takes: the zoo (and the SmolLM2 family) is published to a local
+    Hub server, the `hub_models_sensor` finds it and requests one run per model (likelihood and
+    benchmark_scores), and declarative automation refreshes coordinates, kl_table, model_map
+    and the reports. Only the corpus is materialized by hand.
     """
     from modelmap.hub_server import HubServer, publish_zoo
     from modelmap.zoo import ZooSpec, build_zoo
@@ -103,6 +106,10 @@ def demo_through_hub(instance: dg.DagsterInstance, corpus_config: dict, small: b
     hub_root = cache_dir() / "hub_repos"
     with HubServer(hub_root) as server:
         published = publish_zoo(hub_root, zoo_dir)
+        if smollm:
+            from modelmap.smollm import build_smollm_family
+
+            published += publish_zoo(hub_root, build_smollm_family(cache_dir()))
         print(f"local Hub at {server.url}: published {len(published)} zoo models")
         # Every model comes from the Hub now, as in a deployment: no local model folders.
         env = {**os.environ, "HF_ENDPOINT": server.url, "MODELMAP_LOCAL_MODELS": ""}
@@ -142,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in (mat, demo):
         p.add_argument("--source", default="embedded", help="embedded | jsonl | folder")
         p.add_argument("--path", default=None, help="the corpus file or folder")
-        p.add_argument("--n-texts", type=int, default=2000)
+        p.add_argument("--n-texts", type=int, default=1000)
     demo.add_argument("--small", action="store_true")
+    demo.add_argument(
+        "--no-smollm", action="store_true", help="leave out the SmolLM2 family (~25 min on CPU)"
+    )
     args = parser.parse_args(argv)
 
     instance = dg.DagsterInstance.get()
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
     t0 = time.perf_counter()
     if args.command == "demo":
-        outcome = demo_through_hub(instance, corpus_config, args.small)
+        outcome = demo_through_hub(instance, corpus_config, args.small, not args.no_smollm)
     else:
         outcome = materialize_all(instance, corpus_config)
     root = outcome["storage"]
@@ -167,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the map:        {root / 'model_map' / 'map.png'}")
     print(f"interactive:    {root / 'model_map' / 'map.html'}")
     print(f"KL neighbours:  {root / 'kl_table' / 'neighbours.parquet'}")
+    print(f"regression:     {root / 'regression_report'} (scatter.png, table.parquet)")
+    print(f"leakage:        {root / 'leakage_report' / 'leakage.png'}")
+    print("MLflow:         make mlflow  (runs, artifacts, the registered predictor)")
     return 0
 
 

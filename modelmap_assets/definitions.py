@@ -61,7 +61,9 @@ def build_resources(env: Mapping[str, str] = os.environ) -> dict:
         # MLFLOW_TRACKING_URI overrides the default SQLite store under $DAGSTER_HOME/mlflow.
         "mlflow": MlflowResource(
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            # on (errors are warnings), off, or required (errors fail the step).
             enabled=env.get("MODELMAP_MLFLOW", "on") != "off",
+            required=env.get("MODELMAP_MLFLOW") == "required",
         ),
     }
 

@@ -55,6 +55,7 @@ def pipeline(zoo, tmp_path_factory):
         # The demo's precision; float32 agreement with the reference is tested in test_scoring.
         "MODELMAP_DTYPE": "bfloat16",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}",
+        "MODELMAP_MLFLOW": "required",
     }
     resources = build_resources(env)
     keys = [m.key for m in models] + ["broken/truncated"]
@@ -188,18 +189,19 @@ def test_asset_checks_pass(pipeline):
     ]:
         key = dg.AssetCheckKey(dg.AssetKey(asset), name)
         history = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
-        assert history, f"{asset}:{name} never ran"
-        assert all(
-            r.status.value == "SUCCEEDED" and r.event.dagster_event.event_specific_data.passed
-            for r in history
-        ), f"{asset}:{name} did not pass"
+        # The broken model's step failed before its checks could run; every other passed.
+        done = [r for r in history if r.status.value == "SUCCEEDED"]
+        expected = len(pipeline["models"]) if asset == "likelihood" else 1
+        assert len(done) == expected, (asset, name, [r.status.value for r in history])
+        assert all(r.event.dagster_event.event_specific_data.passed for r in done), name
 
 
 def test_mlflow_records_runs_metrics_artifacts_and_a_loadable_predictor(pipeline):
     import mlflow
     import pandas as pd
 
-    client = mlflow.MlflowClient(tracking_uri=pipeline["mlflow_uri"])
+    uri = pipeline["mlflow_uri"]
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     runs = client.search_runs(
         [client.get_experiment_by_name("modelmap").experiment_id], max_results=500
     )
@@ -231,9 +233,11 @@ def test_mlflow_records_runs_metrics_artifacts_and_a_loadable_predictor(pipeline
 
     # The registered predictor loads and predicts from raw log-likelihood vectors.
     (version,) = client.search_model_versions("name='modelmap-benchmark-predictor'")
+    mlflow.set_registry_uri(uri)
     model = mlflow.pyfunc.load_model(f"models:/modelmap-benchmark-predictor/{version.version}")
     folder = next((pipeline["root"] / "coordinates").glob("v-*"))
-    text_ids = pl.read_parquet(pipeline["root"] / "corpus" / "corpus.parquet")["text_id"]
+    corpus = pl.read_parquet(pipeline["root"] / "corpus" / "corpus.parquet")
+    text_ids = corpus["text_id"].cast(pl.Utf8)  # the model's inputs are named by text id
     L = np.load(folder / "L_raw.npy").astype(np.float64)
     predicted = model.predict(pd.DataFrame(L[:3], columns=text_ids.to_list()))
     assert "mean:modelmap_tasks" in predicted.columns
