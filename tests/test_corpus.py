@@ -204,13 +204,14 @@ def test_embedded_file_is_stable_gzip():
 def test_embedded_splits_are_disjoint_and_cover_all_domains():
     corpus = load_embedded_documents("corpus")
     train = load_embedded_documents("train")
+    heldout = load_embedded_documents("heldout")
     every = load_embedded_documents("all")
-    ids_c = {d.doc_id for d in corpus}
-    ids_t = {d.doc_id for d in train}
-    assert not ids_c & ids_t
-    assert ids_c | ids_t == {d.doc_id for d in every}
+    ids_c, ids_t, ids_h = ({d.doc_id for d in s} for s in (corpus, train, heldout))
+    assert not ids_c & ids_t and not ids_c & ids_h and not ids_t & ids_h
+    assert ids_c | ids_t | ids_h == {d.doc_id for d in every}
     assert all(doc_split(d.doc_id) == "corpus" for d in corpus)
-    for docs in (corpus, train):
+    assert all(doc_split(d.doc_id) == "heldout" for d in heldout)
+    for docs in (corpus, train, heldout):
         chunks = chunk_documents(docs)
         assert {c.domain for c in chunks} == EMBEDDED_DOMAINS
     assert len(chunk_documents(corpus)) > 4000

@@ -47,7 +47,13 @@ def test_sensor_finds_models_and_the_map_refreshes_by_itself(small_zoo, tiny_mod
         assert sorted(first.scored) == sorted(published)
         assert list(first.failed) == ["bad/no-tokenizer"]
         assert "no tokenizer" in first.failed["bad/no-tokenizer"]
-        assert first.refreshed and first.refreshed[-1] == ["coordinates", "kl_table", "model_map"]
+        assert first.refreshed and first.refreshed[-1] == [
+            "coordinates",
+            "kl_table",
+            "leakage_report",
+            "model_map",
+            "regression_report",
+        ]
         mapped = pl.read_parquet(tmp_path / "data" / "model_map" / "map.parquet")
         assert sorted(mapped["key"]) == sorted(published)
         # Families come from the Hub's tags, not from a local registry.
