@@ -1,5 +1,7 @@
 """Benchmark assets: `benchmark_scores` (one model), `regression_report`, `leakage_report`."""
 
+import time
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -45,7 +47,7 @@ def benchmark_scores(
 ) -> dg.MaterializeResult:
     """One model's benchmark scores (%): published ones from the scores file, and for a model
     the file does not list, its accuracy on the multiple-choice tasks, measured here."""
-    key = context.partition_key
+    key, started_at = context.partition_key, time.time()
     try:
         published = benchmarks.published().filter(pl.col("model") == key)
     except BenchmarkFileError as exc:
@@ -89,6 +91,7 @@ def benchmark_scores(
         metrics={**values, **{k: meta[k] for k in ("tokens_per_s", "wall_s") if k in meta}},
         tags={"modelmap.asset": "benchmark_scores", "modelmap.model": key},
         context=context,
+        started_at=started_at,
     )
     return dg.MaterializeResult(
         metadata={

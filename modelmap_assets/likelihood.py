@@ -1,5 +1,7 @@
 """The `likelihood` asset: one model's log-likelihood of every corpus text (one partition)."""
 
+import time
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -92,7 +94,7 @@ def likelihood(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Sum of token log-probabilities (nats) of each corpus text under one model."""
-    key = context.partition_key
+    key, started_at = context.partition_key, time.time()
     try:
         texts, corpus_meta = storage.read_corpus()
         loaded, info, path, trust = load_partition_model(context, scorer, model_source, hub)
@@ -145,6 +147,7 @@ def likelihood(
         metrics={k: meta[k] for k in metrics},
         tags={"modelmap.asset": "likelihood", "modelmap.model": key},
         context=context,
+        started_at=started_at,
     )
     return dg.MaterializeResult(
         check_results=likelihood_checks(storage, key, meta["corpus_hash"]),

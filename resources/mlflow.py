@@ -148,7 +148,9 @@ class MlflowResource(dg.ConfigurableResource):
             _retry(client.restore_experiment, exp.experiment_id)
         return client, exp.experiment_id
 
-    def _start(self, client, experiment_id, run_name, params, metrics, tags, context) -> str:
+    def _start(
+        self, client, experiment_id, run_name, params, metrics, tags, context, started_at=None
+    ) -> str:
         """Create a run and log its params, finite metrics and tags; return its id."""
         tags = {k: str(v) for k, v in (tags or {}).items()}
         if context is not None:
@@ -162,7 +164,10 @@ class MlflowResource(dg.ConfigurableResource):
         skipped = {k: str(float(v)) for k, v in (metrics or {}).items() if k not in finite}
         if skipped:
             tags["modelmap.skipped_metrics"] = ",".join(f"{k}={v}" for k, v in skipped.items())
-        run = _retry(client.create_run, experiment_id, run_name=run_name, tags=tags)
+        start_ms = int(started_at * 1000) if started_at is not None else None
+        run = _retry(
+            client.create_run, experiment_id, start_time=start_ms, run_name=run_name, tags=tags
+        )
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         try:
@@ -210,13 +215,17 @@ class MlflowResource(dg.ConfigurableResource):
         tags: dict[str, str] | None = None,
         artifacts: Artifacts | None = None,
         context: dg.AssetExecutionContext | None = None,
+        started_at: float | None = None,
     ) -> str | None:
         """Log one finished run; `artifacts` maps a sub-folder ("" for the root) to a path or
-        a list of paths (files, or folders logged whole)."""
+        a list of paths (files, or folders logged whole); `started_at` (Unix seconds) is when
+        the work began, so the run's duration in the UI is the work's."""
         if not self.enabled:
             return None
         client, experiment_id = self._client()
-        run_id = self._start(client, experiment_id, run_name, params, metrics, tags, context)
+        run_id = self._start(
+            client, experiment_id, run_name, params, metrics, tags, context, started_at
+        )
         try:
             _log_artifacts(client, run_id, artifacts)
         except BaseException:

@@ -3,7 +3,7 @@
     python scripts/screenshot_mlflow.py [--uri sqlite:///dagster_home/mlflow/mlflow.db]
 
 Starts `mlflow ui` on a free loopback port, waits until it answers, and has Debian's
-`chromium` render the experiment's run list and the registered predictor to PNG files.
+`chromium` (driven by Playwright) render the experiment's runs and the registered predictor.
 """
 
 import argparse
@@ -47,23 +47,44 @@ def wait_until_up(url: str, timeout: float = 120) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
 
 
-def screenshot(url: str, out: Path, size: str = "1600,1000", budget_ms: int = 20_000) -> None:
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                "chromium",
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                f"--window-size={size}",
-                f"--virtual-time-budget={budget_ms}",
-                f"--screenshot={out}",
-                url,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=180,
+def screenshots(base: str, experiment_id: str, out: Path) -> None:
+    """Runs table (model-training view), one scoring run, and the registered predictor."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            profile,
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=CHROMIUM_FLAGS[1:],
+            viewport={"width": 1600, "height": 1000},
         )
-    print(f"{url} -> {out}")
+        page = browser.new_page()
+
+        def shot(url: str, name: str, ready: str) -> None:
+            page.goto(url)
+            page.get_by_text(ready).first.wait_for(timeout=60_000)
+            page.wait_for_timeout(2_000)
+            for label in ("Got it", "Close"):  # tours and the assistant panel
+                for button in page.get_by_role("button", name=label).all():
+                    if button.is_visible():
+                        button.click()
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(1_000)
+            page.screenshot(path=str(out / name))
+            print(f"{url} -> {out / name}")
+
+        page.goto(f"{base}/#/experiments/{experiment_id}")
+        toggle = page.get_by_text("Model training")
+        if toggle.count():
+            toggle.first.click()
+        shot(f"{base}/#/experiments/{experiment_id}/runs", "mlflow_runs.png", "likelihood")
+        run = page.get_by_role("link", name="likelihood zoo/llama-base").first
+        run.wait_for(timeout=30_000)
+        run_url = run.evaluate("a => a.href")
+        shot(run_url, "mlflow_run.png", "tokens_per_s")
+        shot(f"{base}/#/models/modelmap-benchmark-predictor", "mlflow_registry.png", "Version")
+        browser.close()
 
 
 def main() -> int:
@@ -95,10 +116,7 @@ def main() -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base + "/health")
-        screenshot(f"{base}/#/experiments/{args.experiment_id}", args.out / "mlflow_runs.png")
-        screenshot(
-            f"{base}/#/models/modelmap-benchmark-predictor", args.out / "mlflow_registry.png"
-        )
+        screenshots(base, args.experiment_id, args.out)
     finally:
         server.terminate()
         server.wait(timeout=30)
