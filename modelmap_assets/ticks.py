@@ -92,6 +92,17 @@ class LocalDaemon:
             self.log(f"{key} failed: {out.failed[key]}")
 
     def _automation_tick(self, out: TickLog) -> list[str]:
+        names = self._evaluate_and_run(out)
+        if names:
+            # Let automation see its own refresh before new scores land. Otherwise the next
+            # evaluation sees the refresh (which resets `eager`'s since-condition) and the new
+            # dependency updates at once, the reset wins, and those models wait for yet another
+            # update. The settling tick normally requests nothing.
+            while self._evaluate_and_run(out):
+                pass
+        return names
+
+    def _evaluate_and_run(self, out: TickLog) -> list[str]:
         evaluation = dg.evaluate_automation_conditions(
             self.defs, self.instance, asset_selection=DOWNSTREAM, cursor=self.automation_cursor
         )

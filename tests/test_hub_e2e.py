@@ -31,6 +31,9 @@ def test_sensor_finds_models_and_the_map_refreshes_by_itself(small_zoo, tiny_mod
             "MODELMAP_DEVICE": "cpu",
             "MODELMAP_DATA": str(tmp_path / "data"),
             "MODELMAP_CACHE": str(tmp_path / "cache"),
+            # Three per tick: three rounds of sensor runs and refreshes, so a refresh whose own
+            # update lands with the next round's scores must not swallow those scores.
+            "MODELMAP_HUB_MAX_PER_TICK": "3",
         }
         resources = build_resources(env)
         dg.materialize(
