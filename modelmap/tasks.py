@@ -181,6 +181,22 @@ def _chunks(documents: Sequence[Document], domains: Sequence[str]) -> dict[str, 
     return out
 
 
+def _domain_spans(
+    documents: Sequence[Document], domains: Sequence[str], ctx_chars: int, cont_chars: int
+) -> dict[str, list[tuple[str, str]]]:
+    """(context, continuation) of every chunk of ``domains``, by domain (in document order)."""
+    return {
+        d: [s for t in texts if (s := _spans(t, ctx_chars, cont_chars))]
+        for d, texts in _chunks(documents, domains).items()
+    }
+
+
+def _round_robin(lists: dict[str, list]) -> list:
+    """One element of each list in turn, so that a large domain does not fill a task."""
+    longest = max(map(len, lists.values()), default=0)
+    return [lists[d][k] for k in range(longest) for d in lists if k < len(lists[d])]
+
+
 def _options(right: str, wrong: list[str], rng: random.Random) -> tuple[tuple[str, ...], int]:
     answer = rng.randrange(len(wrong) + 1)
     return tuple(wrong[:answer] + [right] + wrong[answer:]), answer
@@ -199,19 +215,10 @@ def cloze_task(
 ) -> Task:
     """True continuation among continuations of other chunks of the same domain."""
     rng = random.Random(seed)
-    by_domain = {
-        d: [s for t in texts if (s := _spans(t, ctx_chars, cont_chars))]
-        for d, texts in _chunks(documents, domains).items()
-    }
+    by_domain = _domain_spans(documents, domains, ctx_chars, cont_chars)
     by_domain = {d: v for d, v in sorted(by_domain.items()) if len(v) >= n_choices}
-    # Round-robin over domains so a large domain does not fill the task.
-    order = {d: rng.sample(range(len(v)), len(v)) for d, v in by_domain.items()}
-    pool = [
-        (d, order[d][k])
-        for k in range(max(map(len, order.values()), default=0))
-        for d in by_domain
-        if k < len(order[d])
-    ]
+    order = {d: [(d, i) for i in rng.sample(range(len(v)), len(v))] for d, v in by_domain.items()}
+    pool = _round_robin(order)
     items = []
     for d, i in pool[:n_items]:
         context, right = by_domain[d][i]
@@ -249,18 +256,10 @@ def perturbation_task(
 ) -> Task:
     """True continuation among ``n_choices - 1`` perturbed copies of it."""
     rng = random.Random(seed)
-    chunks = _chunks(documents, sorted({d.domain for d in documents}))
-    spans = {
-        d: [s for t in v if (s := _spans(t, ctx_chars, cont_chars))] for d, v in chunks.items()
-    }
+    spans = _domain_spans(documents, sorted({d.domain for d in documents}), ctx_chars, cont_chars)
     for v in spans.values():
         rng.shuffle(v)
-    pool = [
-        spans[d][k]
-        for k in range(max(map(len, spans.values()), default=0))
-        for d in sorted(spans)
-        if k < len(spans[d])
-    ]
+    pool = _round_robin({d: spans[d] for d in sorted(spans)})
     items = []
     for context, right in pool:
         if len(items) == n_items:
