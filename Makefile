@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test zoo ui lint clean hub bench mlflow
+.PHONY: install demo test zoo ui backfill lint clean hub bench mlflow
 
 # torch first, pinned to the CPU build the machines carry (a bare `torch` pulls CUDA wheels).
 $(STAMP): pyproject.toml
@@ -50,8 +50,19 @@ HUB_PORT ?= 8765
 hub: $(STAMP)
 	$(BIN)/python -m modelmap.hub_server --root $(HUB_ROOT) --port $(HUB_PORT)
 
+# The webserver and the daemon (sensors, automation, backfills, run queue) on loopback,
+# against the persistent dagster_home/; Ctrl-C stops both.
+UI_PORT ?= 3000
 ui: $(STAMP)
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dagster-daemon run -w workspace.yaml & daemon=$$!; \
+	trap 'kill $$daemon 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+
+# Register models and backfill them through the running webserver (`make ui`):
+#   make backfill MODELS="zoo/gpt2-base zoo/llama-base"     or     make backfill MODELS=zoo
+MODELS ?= zoo
+backfill: $(STAMP)
+	$(BIN)/modelmap backfill $(MODELS) --url http://127.0.0.1:$(UI_PORT)
 
 # The MLflow UI over the embedded store (runs, artifacts, the registered predictor).
 MLFLOW_PORT ?= 5000

@@ -123,6 +123,27 @@ def demo_through_hub(
     return {"failed": ticks.failed, "storage": resources["storage"].root}
 
 
+def backfill(instance: dg.DagsterInstance, keys: list[str], url: str, wait: bool) -> int:
+    """Register `keys` and launch one asset backfill of them and of the map and reports."""
+    from modelmap_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
+
+    if keys == ["zoo"]:
+        from modelmap.zoo import load_registry
+
+        keys = [m.key for m in load_registry(cache_dir() / "zoo")]
+    new = register(instance, keys)
+    print(f"registered {len(new)} new of {len(keys)} model keys")
+    assets = [a.key.to_user_string() for a in (*PER_MODEL, *DOWNSTREAM)]
+    try:
+        backfill_id = launch_backfill(url, keys, assets)
+        print(f"backfill {backfill_id}: {len(keys)} models; {url}/overview/backfills/{backfill_id}")
+        status = wait_for_backfill(url, backfill_id) if wait else "REQUESTED"
+    except BackfillError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0 if status in ("REQUESTED", "COMPLETED", "COMPLETED_SUCCESS") else 1
+
+
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
     """The message of a failed run's first step failure (what the UI shows)."""
     for event in result.all_events:
@@ -142,6 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--force", action="store_true", help="retrain even if cached")
     reg = sub.add_parser("register", help="add model keys to the `models` partitions")
     reg.add_argument("keys", nargs="+")
+    back = sub.add_parser(
+        "backfill", help="register model keys and launch their backfill on the webserver"
+    )
+    back.add_argument("keys", nargs="+", help="model keys (org/name), or 'zoo' for the zoo")
+    back.add_argument(
+        "--url",
+        default=os.environ.get("MODELMAP_WEBSERVER", "http://127.0.0.1:3000"),
+        help="the Dagster webserver (`make ui`)",
+    )
+    back.add_argument("--wait", action="store_true", help="wait until the backfill ends")
     mat = sub.add_parser("materialize", help="materialize corpus, every model and the map")
     demo = sub.add_parser(
         "demo", help="zoo on a local Hub, found by the sensor, scored and mapped automatically"
@@ -164,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         new = register(instance, args.keys)
         print(f"registered {len(new)} new of {len(args.keys)} keys")
         return 0
+    if args.command == "backfill":
+        return backfill(instance, args.keys, args.url, args.wait)
     corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
     t0 = time.perf_counter()
     if args.command == "demo":

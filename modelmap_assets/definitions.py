@@ -121,4 +121,8 @@ defs = dg.Definitions(
         ),
     ],
     resources=build_resources(),
+    # Steps run inside their run's process: a per-model run is two steps that load the same
+    # libraries, and a subprocess per step costs more than the step on a small model (the
+    # run itself is already a process of its own; the `gpu` pool still holds each step).
+    executor=dg.in_process_executor,
 )
