@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test zoo ui backfill lint clean hub bench mlflow
+.PHONY: install demo test zoo ui backfill lint clean hub bench mlflow postgres
 
 # torch first, pinned to the CPU build the machines carry (a bare `torch` pulls CUDA wheels).
 $(STAMP): pyproject.toml
@@ -63,6 +63,10 @@ ui: $(STAMP)
 MODELS ?= zoo
 backfill: $(STAMP)
 	$(BIN)/modelmap backfill $(MODELS) --url http://127.0.0.1:$(UI_PORT)
+
+# A local PostgreSQL (Debian's package) for the dagster.postgres.yaml variant and MLflow.
+postgres:
+	scripts/postgres.sh
 
 # The MLflow UI over the embedded store (runs, artifacts, the registered predictor).
 MLFLOW_PORT ?= 5000
