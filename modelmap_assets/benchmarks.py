@@ -34,7 +34,7 @@ from resources.storage import StorageResource
     partitions_def=models_partitions,
     pool="gpu",
     kinds={"pytorch", "polars"},
-    group_name="benchmarks",
+    group_name="modelmap",
 )
 def benchmark_scores(
     context: dg.AssetExecutionContext,
@@ -114,7 +114,7 @@ def _all_scores(storage: StorageResource, keys: list[str]) -> pl.DataFrame:
 _deps = [coordinates, dg.AssetDep(benchmark_scores, partition_mapping=dg.AllPartitionMapping())]
 
 
-@dg.asset(deps=_deps, automation_condition=refresh, kinds={"sklearn"}, group_name="benchmarks")
+@dg.asset(deps=_deps, automation_condition=refresh, kinds={"sklearn"}, group_name="modelmap")
 def regression_report(
     context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
@@ -200,7 +200,7 @@ class LeakageConfig(dg.Config):
     z_threshold: float = leakage.DEFAULT_Z_THRESHOLD
 
 
-@dg.asset(deps=_deps, automation_condition=refresh, kinds={"scipy"}, group_name="benchmarks")
+@dg.asset(deps=_deps, automation_condition=refresh, kinds={"scipy"}, group_name="modelmap")
 def leakage_report(
     context: dg.AssetExecutionContext,
     config: LeakageConfig,
