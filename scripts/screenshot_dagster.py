@@ -8,31 +8,19 @@ with its `models` partitions, and `model_map` with the map in its metadata.
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from browser import open_page
 
-from screenshot_mlflow import CHROMIUM_FLAGS  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from playwright.sync_api import sync_playwright
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:3000")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            profile,
-            executable_path="/usr/bin/chromium",
-            headless=True,
-            args=CHROMIUM_FLAGS[1:],
-            viewport={"width": 1600, "height": 1000},
-        )
-        page = browser.new_page()
+    with open_page() as page:
 
         def shot(path: str, name: str, ready: str) -> None:
             page.goto(args.url + path)
@@ -52,7 +40,6 @@ def main() -> int:
         page.wait_for_timeout(3_000)
         page.screenshot(path=str(args.out / "dagster_map_metadata.png"))
         print(f"model_map metadata -> {args.out / 'dagster_map_metadata.png'}")
-        browser.close()
     return 0
 
 

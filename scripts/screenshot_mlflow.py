@@ -8,58 +8,20 @@ Starts `mlflow ui` on a free loopback port, waits until it answers, and has Debi
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
+from browser import open_page
+
+from modelmap.localhttp import free_port, wait_until_up
+
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
 
 
 def screenshots(base: str, experiment_id: str, out: Path) -> None:
     """Runs table (model-training view), one scoring run, and the registered predictor."""
-    from playwright.sync_api import sync_playwright
-
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            profile,
-            executable_path="/usr/bin/chromium",
-            headless=True,
-            args=CHROMIUM_FLAGS[1:],
-            viewport={"width": 1600, "height": 1000},
-        )
-        page = browser.new_page()
+    with open_page() as page:
 
         def shot(url: str, name: str, ready: str) -> None:
             page.goto(url)
@@ -84,7 +46,6 @@ def screenshots(base: str, experiment_id: str, out: Path) -> None:
         run_url = run.evaluate("a => a.href")
         shot(run_url, "mlflow_run.png", "tokens_per_s")
         shot(f"{base}/#/models/modelmap-benchmark-predictor", "mlflow_registry.png", "Version")
-        browser.close()
 
 
 def main() -> int:

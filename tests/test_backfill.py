@@ -2,11 +2,9 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -14,29 +12,13 @@ import polars as pl
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
+from modelmap.localhttp import free_port, wait_until_up
 from modelmap.zoo import ZooSpec, build_zoo
 from modelmap_assets.cli import backfill, materialize_corpus
 from modelmap_assets.definitions import build_resources
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
 
 
 @pytest.fixture
@@ -59,7 +41,7 @@ def platform(tmp_path):
     }
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     materialize_corpus(instance, build_resources(env), {"n_texts": 40})
-    port = _free_port()
+    port = free_port()
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = [
@@ -77,7 +59,7 @@ def platform(tmp_path):
     ]
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{url}/server_info")
+        wait_until_up(f"{url}/server_info")
         yield {"url": url, "instance": instance, "models": models, "root": tmp_path / "data"}
     finally:
         for p in procs:
