@@ -123,7 +123,9 @@ def demo_through_hub(
     return {"failed": ticks.failed, "storage": resources["storage"].root}
 
 
-def backfill(instance: dg.DagsterInstance, keys: list[str], url: str, wait: bool) -> int:
+def backfill(
+    instance: dg.DagsterInstance, keys: list[str], url: str, wait: bool, timeout_s: float = 3600
+) -> int:
     """Register `keys` and launch one asset backfill of them and of the map and reports."""
     from modelmap_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
 
@@ -137,7 +139,7 @@ def backfill(instance: dg.DagsterInstance, keys: list[str], url: str, wait: bool
     try:
         backfill_id = launch_backfill(url, keys, assets)
         print(f"backfill {backfill_id}: {len(keys)} models; {url}/overview/backfills/{backfill_id}")
-        status = wait_for_backfill(url, backfill_id) if wait else "REQUESTED"
+        status = wait_for_backfill(url, backfill_id, timeout_s) if wait else "REQUESTED"
     except BackfillError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -76,7 +76,8 @@ def test_backfill_scores_the_batch_and_refreshes_the_map_once(platform):
     instance, url = platform["instance"], platform["url"]
     keys = [m.key for m in platform["models"][:3]]
     t0 = time.time()
-    assert backfill(instance, keys, url, wait=True) == 0
+    # Well under pytest's timeout, so a stuck daemon fails here with the backfill's status.
+    assert backfill(instance, keys, url, wait=True, timeout_s=420) == 0
     print(f"backfill of {len(keys)} models: {time.time() - t0:.0f} s")
     assert set(instance.get_dynamic_partitions("models")) == set(keys)
     mapped = pl.read_parquet(platform["root"] / "model_map" / "map.parquet")
