@@ -2,8 +2,6 @@
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,13 +10,12 @@ import polars as pl
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from modelmap.localhttp import free_port, wait_until_up
 from modelmap.zoo import ZooSpec, build_zoo
 from modelmap_assets.cli import backfill, materialize_corpus
 from modelmap_assets.definitions import build_resources
+from modelmap_assets.local_platform import running_platform
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -41,35 +38,9 @@ def platform(tmp_path):
     }
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     materialize_corpus(instance, build_resources(env), {"n_texts": 40})
-    port = free_port()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs = [
-        subprocess.Popen(
-            [str(BIN / name), *args, "-w", "workspace.yaml"],
-            cwd=REPO,
-            env=env,
-            stdout=(logs / f"{name}.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        for name, args in [
-            ("dagster-daemon", ["run"]),
-            ("dagster-webserver", ["-h", "127.0.0.1", "-p", str(port)]),
-        ]
-    ]
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/server_info")
+    with running_platform(env, tmp_path / "logs") as url:
         yield {"url": url, "instance": instance, "models": models, "root": tmp_path / "data"}
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        instance.dispose()
+    instance.dispose()
 
 
 def test_backfill_scores_the_batch_and_refreshes_the_map_once(platform):
