@@ -11,6 +11,7 @@ from modelmap.benchmarks import (
     SCORE_COLUMNS,
     SUITE_TASKS,
     BenchmarkFileError,
+    empty_scores,
     primary_mean,
     targets,
 )
@@ -108,7 +109,7 @@ def _all_scores(storage: StorageResource, keys: list[str]) -> pl.DataFrame:
         for k in keys
         if storage.benchmark_path(k).exists()
     ]
-    return pl.concat(frames) if frames else pl.DataFrame(schema=dict.fromkeys(SCORE_COLUMNS))
+    return pl.concat(frames) if frames else empty_scores()
 
 
 _deps = [coordinates, dg.AssetDep(benchmark_scores, partition_mapping=dg.AllPartitionMapping())]
@@ -145,7 +146,7 @@ def regression_report(
     predictor = ScorePredictor.from_matrix(
         np.load(folder / "L_raw.npy", mmap_mode="r"),
         clip_value=info["clip_threshold_nats"],
-        text_ids=storage.read_corpus()[0]["text_id"].to_list(),
+        text_ids=pl.read_parquet(storage.corpus_path, columns=["text_id"])["text_id"].to_list(),
         targets=fitted.targets,
         coef=fitted.coef,
         intercept=fitted.intercept,
