@@ -1,7 +1,10 @@
 """Where files live and how they are written: atomically, and never outside the storage folder.
 
 Every output is written to a temporary name in its final folder and renamed into place, so a
-killed process leaves either the previous file or the new one, never a partial file.
+killed process leaves either the previous file or the new one, never a partial file, and two
+processes writing the same file leave one complete version (the last renamed). The temporary
+name carries the writer's host and pid; the next write of the same file removes temporary
+files that a process of this host left behind when it was killed.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -66,12 +70,41 @@ def path_inside(base: Path, *parts: str) -> Path:
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Delete temporary files of `final` whose writer (a process of this host) is gone."""
+    host, removed = socket.gethostname(), []
+    for tmp in final.parent.glob(f".{glob_escape(final.name)}.*.tmp"):
+        writer = tmp.name[len(final.name) + 2 :].rsplit(".", 3)  # host, pid, random, "tmp"
+        if len(writer) != 4 or writer[0] != host or not writer[1].isdigit():
+            continue
+        if not _pid_alive(int(writer[1])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 @contextmanager
 def atomic_path(final: Path):
     """Yield a temporary path next to `final`; rename it onto `final` if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    remove_stale_temporaries(final)
+    prefix = f".{final.name}.{socket.gethostname()}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -1,6 +1,16 @@
 """Model keys that could escape the storage folder are refused; writes are atomic."""
 
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from modelmap.storage import (
@@ -67,3 +77,66 @@ def test_parquet_carries_its_metadata(tmp_path):
     path = write_parquet(pl.DataFrame({"a": [1]}), tmp_path / "x.parquet", {"corpus_hash": "h"})
     assert read_parquet_metadata(path) == {"corpus_hash": "h"}
     assert pl.read_parquet(path)["a"].to_list() == [1]
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from modelmap.storage import write_atomic
+
+def half_then_killed(tmp):
+    tmp.write_bytes(b"half a file")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+write_atomic(Path(sys.argv[1]), half_then_killed)
+"""
+
+
+def test_a_killed_writer_leaves_no_file_and_its_temporary_is_swept(tmp_path):
+    final = tmp_path / "likelihood" / "org--m.parquet"
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(final)])
+    assert proc.returncode == -signal.SIGKILL
+    assert not final.exists()
+    (left,) = final.parent.iterdir()  # the killed writer's temporary file, nothing else
+    # A live writer's temporary file and another host's are not touched.
+    live = final.parent / f".{final.name}.{socket.gethostname()}.{os.getpid()}.x.tmp"
+    other_host = final.parent / f".{final.name}.elsewhere.1.x.tmp"
+    live.write_bytes(b"")
+    other_host.write_bytes(b"")
+
+    write_parquet(pl.DataFrame({"a": [1, 2]}), final)
+    assert pl.read_parquet(final)["a"].to_list() == [1, 2]
+    assert not left.exists()
+    assert sorted(final.parent.iterdir()) == sorted([final, live, other_host])
+
+
+def _write_repeatedly(final, writer: int, until: float) -> None:
+    df = pl.DataFrame({"writer": [writer] * 200_000, "i": range(200_000)})
+    while time.time() < until:
+        write_parquet(df, final, {"writer": writer})
+
+
+def test_two_writers_of_one_file_never_leave_it_partial_or_mixed(tmp_path):
+    """Two processes rewrite the same partition file while a reader reads it: every read is
+    one writer's complete table with that writer's metadata."""
+    final = tmp_path / "org--m.parquet"
+    write_parquet(pl.DataFrame({"writer": [0] * 200_000, "i": range(200_000)}), final)
+    until = time.time() + 3
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=_write_repeatedly, args=(final, w, until)) for w in (1, 2)]
+    for w in writers:
+        w.start()
+    seen = set()
+    while any(w.is_alive() for w in writers):
+        with open(final, "rb") as f:  # one open file: data and metadata of the same version
+            table = pq.read_table(f)
+        (writer,) = set(table["writer"].to_pylist())
+        assert table.num_rows == 200_000
+        meta = json.loads((table.schema.metadata or {}).get(b"modelmap", b"{}"))
+        assert meta == ({"writer": writer} if writer else {})
+        seen.add(writer)
+    for w in writers:
+        w.join()
+        assert w.exitcode == 0
+    assert {1, 2} <= seen | {pl.read_parquet(final)["writer"][0]}
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]
