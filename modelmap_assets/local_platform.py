@@ -1,14 +1,26 @@
-"""The webserver and the daemon as `make ui` starts them, for tests and benchmarks."""
+"""A fresh local platform for tests and benchmarks: DAGSTER_HOME, data, models, corpus, and
+the webserver and daemon as `make ui` starts them.
+
+`prepare()` lays out a DAGSTER_HOME with one of the committed instance files (SQLite
+`dagster.yaml` or `dagster.postgres.yaml`), builds the small zoo as the local models and
+materializes a corpus; `local_platform(env, logs)` then runs the daemon and the webserver.
+"""
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
+from dagster._core.instance.ref import InstanceRef
+
 from modelmap.localhttp import free_port, wait_until_up
+from modelmap.zoo import ZooModel, ZooSpec, build_zoo
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,10 +59,14 @@ class LocalPlatform:
         self._start("dagster-webserver", ["-h", "127.0.0.1", "-p", str(self.port)])
         wait_until_up(f"{self.url}/server_info")
 
-    def stop_daemon(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the daemon alone (its code server goes with it; runs already started go on)."""
+    def stop_daemon(self, sig: int = signal.SIGTERM, whole_group: bool = False) -> None:
+        """Stop the daemon: alone (runs already started go on), or with everything it started,
+        its code server and the runs' processes (`whole_group`, as when its machine dies)."""
         proc = self.procs.pop("dagster-daemon")
-        proc.send_signal(sig)
+        if whole_group:
+            _signal_group(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         proc.wait(timeout=60)
 
     def stop(self) -> None:
@@ -88,3 +104,69 @@ def running_platform(env: Mapping[str, str], log_dir: Path) -> Iterator[str]:
     """`local_platform`, yielding only the webserver's URL."""
     with local_platform(env, log_dir) as platform:
         yield platform.url
+
+
+@dataclass
+class PreparedPlatform:
+    root: Path
+    env: dict[str, str]
+    instance: dg.DagsterInstance
+    zoo: list[ZooModel]
+
+    @property
+    def data(self) -> Path:
+        return Path(self.env["MODELMAP_DATA"])
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.env["MODELMAP_LOCAL_MODELS"])
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def copy_batch(self, n: int, prefix: str = "batch/m") -> list[str]:
+        """`n` model keys `<prefix>NN`, each a copy of a small-zoo model folder (copies, not
+        links: the storage guard refuses paths that resolve outside the models folder)."""
+        keys = []
+        for i in range(n):
+            key = f"{prefix}{i:02d}"
+            source = self.zoo[i % len(self.zoo)].local_path(self.models_dir)
+            shutil.copytree(source, self.models_dir / key)
+            keys.append(key)
+        return keys
+
+
+def prepare(
+    root: Path,
+    *,
+    instance_yaml: str = "dagster.yaml",
+    n_texts: int = 40,
+    extra_env: Mapping[str, str] | None = None,
+) -> PreparedPlatform:
+    """A platform in `root`: `instance_yaml` as DAGSTER_HOME's dagster.yaml, the small zoo as
+    the local models, a corpus of `n_texts` materialized. `extra_env` adds or overrides
+    variables (MODELMAP_PG_* for PostgreSQL, MODELMAP_MLFLOW, ...)."""
+    from modelmap_assets.cli import materialize_corpus
+    from modelmap_assets.definitions import build_resources
+
+    home = root / "dagster_home"
+    home.mkdir(parents=True)
+    shutil.copy(REPO / "dagster_home" / instance_yaml, home / "dagster.yaml")
+    zoo_dir = root / "models"
+    zoo = build_zoo(zoo_dir, spec=ZooSpec.small(), log=lambda s: None)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MODELMAP_DATA": str(root / "data"),
+        "MODELMAP_CACHE": str(root / "cache"),
+        "MODELMAP_LOCAL_MODELS": str(zoo_dir),
+        "MODELMAP_DEVICE": "cpu",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        **(extra_env or {}),
+    }
+    # The instance file reads MODELMAP_PG_* from this process's environment as well.
+    os.environ.update({k: v for k, v in env.items() if k.startswith("MODELMAP_PG_")})
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    materialize_corpus(instance, build_resources(env), {"n_texts": n_texts})
+    return PreparedPlatform(root=root, env=env, instance=instance, zoo=zoo)

@@ -3,6 +3,7 @@
 # a cluster in $PGDATA (default .cache/postgres) on 127.0.0.1:$PGPORT (default 5433), with a
 # database `modelmap` (Dagster's storage) and `mlflow` (the tracking store), user `modelmap`,
 # trust authentication on loopback only. Idempotent: an existing cluster is started again.
+# `scripts/postgres.sh stop` stops it.
 set -euo pipefail
 PGPORT=${PGPORT:-5433}
 PGDATA=${PGDATA:-$PWD/.cache/postgres}
@@ -12,6 +13,10 @@ fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 # initdb and the server refuse to run as root: use the package's `postgres` user then.
 as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "${1:-}" = stop ]; then
+  as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -m fast stop
+  exit 0
+fi
 mkdir -p "$PGDATA"
 [ "$(id -u)" = 0 ] && chown postgres "$PGDATA"
 if [ ! -f "$PGDATA/PG_VERSION" ]; then

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from browser import open_page
+from modelmap.localbrowser import open_page
 
 from modelmap.localhttp import free_port, wait_until_up
 

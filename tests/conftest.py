@@ -58,3 +58,32 @@ def hub(tmp_path):
     root.mkdir()
     with HubServer(root) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of its own (Debian's package, installed by scripts/postgres.sh when
+    missing) on a free port, with the databases `modelmap` and `mlflow`; the MODELMAP_PG_*
+    variables that dagster.postgres.yaml reads, and the MLflow URI on the same server."""
+    import shutil
+    import subprocess
+
+    from modelmap.localhttp import free_port
+
+    # Not under pytest's root-only temporary folder: the server runs as the `postgres` user.
+    base = Path(tempfile.mkdtemp(prefix="modelmap-pg-"))
+    base.chmod(0o755)
+    env = {**os.environ, "PGDATA": str(base / "data"), "PGPORT": str(free_port())}
+    script = REPO / "scripts" / "postgres.sh"
+    subprocess.run([script], env=env, check=True, stdout=subprocess.DEVNULL)
+    port = env["PGPORT"]
+    yield {
+        "MODELMAP_PG_HOST": "127.0.0.1",
+        "MODELMAP_PG_PORT": port,
+        "MODELMAP_PG_USER": "modelmap",
+        "MODELMAP_PG_PASSWORD": "",
+        "MODELMAP_PG_DB": "modelmap",
+        "MLFLOW_TRACKING_URI": f"postgresql+psycopg2://modelmap@127.0.0.1:{port}/mlflow",
+    }
+    subprocess.run([script, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+    shutil.rmtree(base, ignore_errors=True)

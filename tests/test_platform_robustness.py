@@ -9,6 +9,7 @@ numbers as scoring the model directly.
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -16,12 +17,13 @@ import polars as pl
 import pytest
 import torch
 import transformers
+import yaml
 from dagster_graphql import DagsterGraphQLClient
-from platformtools import prepare, runs_of, wait_for
+from platformtools import runs_of, wait_for
 
 from modelmap_assets.definitions import build_resources
 from modelmap_assets.launcher import wait_for_run_worker_pid
-from modelmap_assets.local_platform import running_platform
+from modelmap_assets.local_platform import prepare, running_platform
 from modelmap_assets.partitions import models_partitions
 
 SLOW = "slow/llama"
@@ -115,3 +117,13 @@ def test_killed_scoring_run_fails_leaves_nothing_and_its_retry_completes(platfor
     loaded = scorer.load(SLOW, str(platform.models_dir / SLOW))
     direct = scorer.score(loaded, texts, log=lambda s: None)
     np.testing.assert_allclose(written["loglik"].to_numpy(), direct.loglik_nats, rtol=1e-5)
+
+
+def test_sqlite_and_postgres_instances_differ_only_in_storage():
+    """The launcher, queue, pool, monitoring and retries are the same on both backends."""
+    home = Path(__file__).resolve().parents[1] / "dagster_home"
+    sqlite = yaml.safe_load((home / "dagster.yaml").read_text())
+    postgres = yaml.safe_load((home / "dagster.postgres.yaml").read_text())
+    assert postgres.pop("storage")["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert sqlite == postgres
+    assert sqlite["run_launcher"]["class"] == "LocalRunLauncher"

@@ -1,0 +1,92 @@
+"""A backfill of 50 models on PostgreSQL through the real daemon and webserver, with the daemon
+killed (its whole process group: code server and the scoring run in flight) and restarted
+half-way; every partition ends scored once, the map refreshes once at the end.
+
+The subject is the platform (backfill, queue, pool, storage, recovery), so the benchmark scores
+come from a scores file and MLflow is off: each run still loads and scores its model, and
+MLflow and measured scores are covered by test_pipeline.py and test_benchmark_assets.py.
+"""
+
+import signal
+import time
+
+import dagster as dg
+import polars as pl
+import pytest
+from platformtools import runs_of, wait_for
+
+from modelmap_assets.backfill import wait_for_backfill
+from modelmap_assets.cli import backfill
+from modelmap_assets.local_platform import local_platform, prepare
+
+N_MODELS = 50
+ACTIVE = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
+
+
+@pytest.fixture
+def platform(tmp_path, postgres):
+    scores = tmp_path / "scores.csv"
+    rows = [f"batch/m{i:02d},{30 + i % 7},{40 + i % 5}" for i in range(N_MODELS)]
+    scores.write_text("\n".join(["model,arc_challenge,hellaswag", *rows]) + "\n")
+    env = {**postgres, "MODELMAP_MLFLOW": "off", "MODELMAP_BENCHMARK_FILE": str(scores)}
+    platform = prepare(tmp_path, instance_yaml="dagster.postgres.yaml", extra_env=env)
+    yield platform
+    platform.instance.dispose()
+
+
+def scored(instance) -> int:
+    return len(instance.get_materialized_partitions(dg.AssetKey("likelihood")))
+
+
+def mid_scoring(instance) -> bool:
+    """Ten models done and one run scoring now (started, none merely starting)."""
+    statuses = [r.status for r in runs_of(instance) if r.status in ACTIVE]
+    return scored(instance) >= 10 and statuses == [dg.DagsterRunStatus.STARTED]
+
+
+@pytest.mark.timeout(1500)  # about 8 minutes on 2 cores; Dagster starts a process per model
+def test_fifty_model_backfill_on_postgres_survives_a_daemon_crash(platform):
+    instance = platform.instance
+    keys = platform.copy_batch(N_MODELS)
+    with local_platform(platform.env, platform.logs) as servers:
+        t0 = time.time()
+        assert backfill(instance, keys, servers.url, wait=False) == 0
+        (request,) = instance.get_backfills()
+        wait_for(lambda: mid_scoring(instance), 600, "ten models scored", every_s=0.2)
+        in_flight = [r.run_id for r in runs_of(instance) if r.status in ACTIVE]
+        servers.stop_daemon(signal.SIGKILL, whole_group=True)
+        servers.start_daemon()
+        status = wait_for_backfill(servers.url, request.backfill_id, timeout_s=1200, log=print)
+        print(f"backfill of {N_MODELS} models on PostgreSQL: {time.time() - t0:.0f} s")
+    assert status == "COMPLETED_SUCCESS"
+
+    # Every model scored and benchmarked; the map holds them all and was built once.
+    for asset in ("likelihood", "benchmark_scores"):
+        assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(keys), asset
+    assert sorted(pl.read_parquet(platform.data / "model_map" / "map.parquet")["key"]) == keys
+    maps = instance.fetch_materializations(dg.AssetKey("model_map"), limit=10).records
+    assert len(maps) == 1
+
+    # The only failed run is the one killed with the daemon; its retry succeeded.
+    runs = runs_of(instance)
+    failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+    assert [r.run_id for r in failed] == in_flight
+    retries = [r for r in runs if r.tags.get("dagster/parent_run_id") in in_flight]
+    assert [r.status for r in retries] == [dg.DagsterRunStatus.SUCCESS]
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs if r not in failed)
+    events = " ".join(e.message for e in instance.all_logs(in_flight[0]))
+    assert "is gone (killed or crashed)" in events
+
+    # No event lost: each model's three checks passed once per successful run, and each
+    # successful scoring run recorded both materializations.
+    for key in keys:
+        ok = [r for r in runs_of(instance, key) if r.status == dg.DagsterRunStatus.SUCCESS]
+        assert len(ok) == 1, key
+        kinds = [
+            e.dagster_event_type for e in instance.all_logs(ok[0].run_id) if e.is_dagster_event
+        ]
+        assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == 2, key
+        assert kinds.count(dg.DagsterEventType.ASSET_CHECK_EVALUATION) == 3, key
+        assert kinds[-1] == dg.DagsterEventType.RUN_SUCCESS
+    for log in platform.logs.iterdir():
+        assert "database is locked" not in log.read_text(errors="replace"), log

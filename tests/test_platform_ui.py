@@ -1,0 +1,91 @@
+"""The Dagster UI in headless Chromium (Debian's package, driven by Playwright) against the
+webserver and daemon on loopback: a user picks three of five models in the asset catalog,
+launches a backfill of their scores, and finds the refreshed map in `model_map`'s metadata.
+
+Screenshots of each step are kept in `test-artifacts/ui/` (git-ignored).
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from dagster._core.execution.backfill import BulkActionStatus
+from platformtools import wait_for
+
+from modelmap.localbrowser import open_page
+from modelmap_assets.cli import register
+from modelmap_assets.local_platform import local_platform, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("MODELMAP_TEST_ARTIFACTS", REPO / "test-artifacts")) / "ui"
+
+
+@pytest.fixture
+def platform(tmp_path):
+    platform = prepare(tmp_path)
+    register(platform.instance, [m.key for m in platform.zoo])  # five models, as the sensor would
+    yield platform
+    platform.instance.dispose()
+
+
+def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    instance = platform.instance
+    chosen = ["zoo/gpt2-base", "zoo/llama-base", "zoo/llama-ft-bible"]
+    assert set(chosen) < set(instance.get_dynamic_partitions("models"))
+    with local_platform(platform.env, platform.logs) as servers, open_page() as page:
+
+        def shot(name: str) -> None:
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+        page.goto(f"{servers.url}/assets")
+        page.get_by_test_id("checkbox-likelihood").wait_for(state="attached", timeout=120_000)
+        skip = page.get_by_role("button", name="Skip")
+        if skip.count() and skip.first.is_visible():  # "Join the Dagster community", first visit
+            skip.first.click()
+        shot("1-catalog")
+        for asset in ("likelihood", "benchmark_scores"):
+            page.locator("label", has=page.get_by_test_id(f"checkbox-{asset}")).click()
+        page.get_by_role("button", name="Materialize selected").click()
+        page.get_by_text("Select a partition or create one").first.click()
+        for key in chosen:
+            page.get_by_role("menuitem").filter(has=page.get_by_text(key, exact=True)).click()
+        page.keyboard.press("Escape")
+        page.get_by_text("3 partitions", exact=True).wait_for()
+        shot("2-launch-dialog")
+        page.get_by_role("button", name="Launch backfill").click()
+
+        (request,) = wait_for(instance.get_backfills, 60, "the UI to launch a backfill")
+        page.goto(f"{servers.url}/overview/backfills/{request.backfill_id}")
+        done = wait_for(
+            lambda: (
+                (b := instance.get_backfill(request.backfill_id)).status.value != "REQUESTED" and b
+            ),
+            600,
+            "the backfill to finish",
+            every_s=2,
+        )
+        shot("3-backfill")
+        assert done.status == BulkActionStatus.COMPLETED_SUCCESS, done.status
+        for asset in ("likelihood", "benchmark_scores"):  # the three chosen, not the other two
+            assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(chosen)
+        # The map refreshes by declarative automation once the scores land.
+        wait_for(
+            lambda: instance.get_latest_materialization_event(dg.AssetKey("model_map")),
+            300,
+            "the map to refresh",
+            every_s=2,
+        )
+        mapped = pl.read_parquet(platform.data / "model_map" / "map.parquet")
+        assert sorted(mapped["key"]) == sorted(chosen)
+
+        page.goto(f"{servers.url}/assets/model_map")
+        page.get_by_text("[Show Markdown]").first.click()
+        image = page.locator("img[src^='data:image/png']").first
+        image.wait_for(timeout=60_000)
+        assert image.evaluate("img => img.naturalWidth") > 200
+        shot("4-map-metadata")
+    failed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    assert not failed
