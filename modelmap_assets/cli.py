@@ -138,7 +138,7 @@ def backfill(
     assets = [a.key.to_user_string() for a in (*PER_MODEL, *DOWNSTREAM)]
     try:
         backfill_id = launch_backfill(url, keys, assets)
-        print(f"backfill {backfill_id}: {len(keys)} models; {url}/overview/backfills/{backfill_id}")
+        print(f"backfill {backfill_id}: {len(keys)} models; {url}/runs/b/{backfill_id}")
         status = wait_for_backfill(url, backfill_id, timeout_s) if wait else "REQUESTED"
     except BackfillError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -63,6 +63,14 @@ def process_started_at(pid: int) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def worker_alive(pid: int, recorded_at: float) -> bool:
+    """Whether process `pid` exists and is the one that existed at `recorded_at` (a process
+    started after that time got a reused pid)."""
+    started_at = process_started_at(pid)
+    # /proc's start time has a resolution of one clock tick (and btime of one second).
+    return started_at is not None and started_at <= recorded_at + 2.0
+
+
 def worker_health(instance: dg.DagsterInstance, run: dg.DagsterRun) -> CheckRunHealthResult:
     found = run_worker_pid(instance, run.run_id)
     if found is None:
@@ -70,9 +78,7 @@ def worker_health(instance: dg.DagsterInstance, run: dg.DagsterRun) -> CheckRunH
         # daemon fails any status but RUNNING, so not knowing yet counts as running.
         return CheckRunHealthResult(WorkerStatus.RUNNING, "the run worker's pid is not known yet")
     pid, recorded_at = found
-    started_at = process_started_at(pid)
-    # /proc's start time has a resolution of one clock tick (and btime of one second).
-    if started_at is None or started_at > recorded_at + 2.0:
+    if not worker_alive(pid, recorded_at):
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
             f"run worker process {pid} is gone (killed or crashed) without ending the run",

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from modelmap.localbrowser import open_page
-
 from modelmap.localhttp import free_port, wait_until_up
 
 REPO = Path(__file__).resolve().parents[1]

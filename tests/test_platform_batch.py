@@ -19,6 +19,9 @@ from modelmap_assets.backfill import wait_for_backfill
 from modelmap_assets.cli import backfill
 from modelmap_assets.local_platform import local_platform, prepare
 
+# Its own xdist worker: it waits on the daemon for minutes (make test).
+pytestmark = pytest.mark.xdist_group("batch")
+
 N_MODELS = 50
 ACTIVE = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
 
@@ -39,9 +42,19 @@ def scored(instance) -> int:
 
 
 def mid_scoring(instance) -> bool:
-    """Ten models done and one run scoring now (started, none merely starting)."""
-    statuses = [r.status for r in runs_of(instance) if r.status in ACTIVE]
-    return scored(instance) >= 10 and statuses == [dg.DagsterRunStatus.STARTED]
+    """Ten models done and one run started (none merely starting) that has written nothing."""
+    active = [r for r in runs_of(instance) if r.status in ACTIVE]
+    done = instance.get_materialized_partitions(dg.AssetKey("likelihood"))
+    return (
+        len(done) >= 10
+        and [r.status for r in active] == [dg.DagsterRunStatus.STARTED]
+        and active[0].tags["dagster/partition"] not in done
+    )
+
+
+def describe(instance, run) -> str:
+    tail = [f"{e.dagster_event_type}: {e.message[:160]}" for e in instance.all_logs(run.run_id)]
+    return f"run {run.run_id} {run.status} tags {dict(run.tags)}\n" + "\n".join(tail[-8:])
 
 
 @pytest.mark.timeout(1500)  # about 8 minutes on 2 cores; Dagster starts a process per model
@@ -72,7 +85,9 @@ def test_fifty_model_backfill_on_postgres_survives_a_daemon_crash(platform):
     failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
     assert [r.run_id for r in failed] == in_flight
     retries = [r for r in runs if r.tags.get("dagster/parent_run_id") in in_flight]
-    assert [r.status for r in retries] == [dg.DagsterRunStatus.SUCCESS]
+    assert [r.status for r in retries] == [dg.DagsterRunStatus.SUCCESS], describe(
+        instance, failed[0]
+    )
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs if r not in failed)
     events = " ".join(e.message for e in instance.all_logs(in_flight[0]))
     assert "is gone (killed or crashed)" in events
@@ -87,6 +102,6 @@ def test_fifty_model_backfill_on_postgres_survives_a_daemon_crash(platform):
         ]
         assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == 2, key
         assert kinds.count(dg.DagsterEventType.ASSET_CHECK_EVALUATION) == 3, key
-        assert kinds[-1] == dg.DagsterEventType.RUN_SUCCESS
+        assert kinds.count(dg.DagsterEventType.RUN_SUCCESS) == 1, key
     for log in platform.logs.iterdir():
         assert "database is locked" not in log.read_text(errors="replace"), log

@@ -9,6 +9,9 @@ numbers as scoring the model directly.
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -22,7 +25,7 @@ from dagster_graphql import DagsterGraphQLClient
 from platformtools import runs_of, wait_for
 
 from modelmap_assets.definitions import build_resources
-from modelmap_assets.launcher import wait_for_run_worker_pid
+from modelmap_assets.launcher import wait_for_run_worker_pid, worker_alive
 from modelmap_assets.local_platform import prepare, running_platform
 from modelmap_assets.partitions import models_partitions
 
@@ -127,3 +130,16 @@ def test_sqlite_and_postgres_instances_differ_only_in_storage():
     assert postgres.pop("storage")["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     assert sqlite == postgres
     assert sqlite["run_launcher"]["class"] == "LocalRunLauncher"
+
+
+def test_worker_alive_tells_a_live_process_from_a_dead_or_reused_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        assert worker_alive(proc.pid, time.time())
+        # Recorded before this process existed: the pid was reused, the recorded worker is gone.
+        assert not worker_alive(proc.pid, time.time() - 3600)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not worker_alive(proc.pid, time.time())

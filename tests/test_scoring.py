@@ -17,6 +17,9 @@ from modelmap.scoring import (
     tokenize,
 )
 
+# One xdist worker runs every test of the full zoo, so it is built once (make test).
+pytestmark = pytest.mark.xdist_group("zoo")
+
 
 def test_windows_by_hand():
     # 10 tokens, context 4, stride 2: tokens 1-3, then 4-5, 6-7, 8-9, each with >= 2 of context.
