@@ -31,10 +31,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/modelmap demo
 
-# Two workers: the platform tests mostly wait on Dagster's daemon while the zoo trains. The
-# tests that use the full zoo run on one worker (xdist group "zoo"), so it is built once.
 test: $(STAMP)
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q
 
 # Scoring side by side (not part of `make test`): modelmap, the paper's algorithm and
 # lm-evaluation-harness; writes benchmarks/results.json. On a GPU: make bench BENCH_ARGS=--gpu

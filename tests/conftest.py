@@ -11,9 +11,6 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two workers share two cores: OpenMP threads that wait should sleep, not spin.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Runs the tests log go to a throw-away store, never to the repo's dagster_home/mlflow.
 os.environ["MLFLOW_TRACKING_URI"] = (
     f"sqlite:///{tempfile.mkdtemp(prefix='modelmap-test-mlflow-')}/mlflow.db"

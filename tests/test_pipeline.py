@@ -12,8 +12,6 @@ from modelmap.kl import two_kl_nats
 from modelmap_assets.cli import materialize_all
 from modelmap_assets.definitions import build_resources, defs
 
-# One xdist worker runs every test of the full zoo, so it is built once (make test).
-pytestmark = pytest.mark.xdist_group("zoo")
 
 
 def test_definitions_load():

@@ -17,8 +17,6 @@ from modelmap.scoring import (
     tokenize,
 )
 
-# One xdist worker runs every test of the full zoo, so it is built once (make test).
-pytestmark = pytest.mark.xdist_group("zoo")
 
 
 def test_windows_by_hand():
