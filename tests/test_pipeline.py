@@ -13,7 +13,6 @@ from modelmap_assets.cli import materialize_all
 from modelmap_assets.definitions import build_resources, defs
 
 
-
 def test_definitions_load():
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}

@@ -19,7 +19,6 @@ from modelmap_assets.backfill import wait_for_backfill
 from modelmap_assets.cli import backfill
 from modelmap_assets.local_platform import local_platform, prepare
 
-
 N_MODELS = 50
 ACTIVE = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
 

@@ -18,7 +18,6 @@ from modelmap.scoring import (
 )
 
 
-
 def test_windows_by_hand():
     # 10 tokens, context 4, stride 2: tokens 1-3, then 4-5, 6-7, 8-9, each with >= 2 of context.
     assert plan_windows(10, 4, 2) == [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
