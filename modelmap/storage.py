@@ -70,7 +70,8 @@ def path_inside(base: Path, *parts: str) -> Path:
     return path
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +88,7 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
         writer = tmp.name[len(final.name) + 2 :].rsplit(".", 3)  # host, pid, random, "tmp"
         if len(writer) != 4 or writer[0] != host or not writer[1].isdigit():
             continue
-        if not _pid_alive(int(writer[1])):
+        if not pid_alive(int(writer[1])):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

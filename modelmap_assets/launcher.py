@@ -11,12 +11,13 @@ daemon mark the run failed, free its pool slot, and `run_retries` retry it once.
 """
 
 import os
-import time
 from pathlib import Path
 
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
+
+from modelmap.storage import pid_alive
 
 STARTED_PREFIX = "Started process for run (pid:"
 
@@ -44,13 +45,7 @@ def process_started_at(pid: int) -> float | None:
     except FileNotFoundError:
         return None
     except OSError:  # no /proc: only whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0.0
+        return 0.0 if pid_alive(pid) else None
     fields = stat.rsplit(")", 1)[1].split()
     if fields[0] == "Z":  # a zombie has exited; only its parent has not reaped it yet
         return None
@@ -95,16 +90,3 @@ class LocalRunLauncher(DefaultRunLauncher):
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         return worker_health(self._instance, run)
-
-
-def wait_for_run_worker_pid(
-    instance: dg.DagsterInstance, run_id: str, timeout_s: float = 120.0
-) -> int:
-    """Block until the run has reported its worker's pid (for tests and tools)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        found = run_worker_pid(instance, run_id)
-        if found is not None:
-            return found[0]
-        time.sleep(0.2)
-    raise TimeoutError(f"run {run_id} reported no worker pid within {timeout_s:.0f} s")

@@ -25,7 +25,7 @@ from dagster_graphql import DagsterGraphQLClient
 from platformtools import runs_of, wait_for
 
 from modelmap_assets.definitions import build_resources
-from modelmap_assets.launcher import wait_for_run_worker_pid, worker_alive
+from modelmap_assets.launcher import run_worker_pid, worker_alive
 from modelmap_assets.local_platform import prepare, running_platform
 from modelmap_assets.partitions import models_partitions
 
@@ -80,7 +80,7 @@ def test_killed_scoring_run_fails_leaves_nothing_and_its_retry_completes(platfor
         host, port = url.removeprefix("http://").split(":")
         client = DagsterGraphQLClient(host, port_number=int(port))
         run_id = client.submit_job_execution("score_models", tags={"dagster/partition": SLOW})
-        pid = wait_for_run_worker_pid(instance, run_id)
+        pid, _ = wait_for(lambda: run_worker_pid(instance, run_id), 120, "the run's pid", 0.2)
         wait_for(lambda: scoring_started(instance, run_id), 120, "scoring to start", 0.1)
         os.kill(pid, signal.SIGKILL)
 
