@@ -114,8 +114,20 @@ def _all_scores(storage: StorageResource, keys: list[str]) -> pl.DataFrame:
 
 _deps = [coordinates, dg.AssetDep(benchmark_scores, partition_mapping=dg.AllPartitionMapping())]
 
+# The reports read Q from `coordinates` as well as the scores. New scores usually come with new
+# log-likelihoods, so wait while the map's own inputs are still in progress (a run or a
+# backfill) and while no map exists and none is requested in this tick: a report never reads
+# a missing Q or one about to be replaced, and it refreshes in the same run as the map.
+_coordinates_pending = dg.AutomationCondition.any_deps_match(
+    (dg.AutomationCondition.missing() & ~dg.AutomationCondition.will_be_requested())
+    | dg.AutomationCondition.any_deps_in_progress()
+).allow(dg.AssetSelection.assets(coordinates))
+refresh_after_map = (refresh & ~_coordinates_pending).with_label("refresh after the map")
 
-@dg.asset(deps=_deps, automation_condition=refresh, kinds={"sklearn"}, group_name="modelmap")
+
+@dg.asset(
+    deps=_deps, automation_condition=refresh_after_map, kinds={"sklearn"}, group_name="modelmap"
+)
 def regression_report(
     context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
@@ -201,7 +213,9 @@ class LeakageConfig(dg.Config):
     z_threshold: float = leakage.DEFAULT_Z_THRESHOLD
 
 
-@dg.asset(deps=_deps, automation_condition=refresh, kinds={"scipy"}, group_name="modelmap")
+@dg.asset(
+    deps=_deps, automation_condition=refresh_after_map, kinds={"scipy"}, group_name="modelmap"
+)
 def leakage_report(
     context: dg.AssetExecutionContext,
     config: LeakageConfig,

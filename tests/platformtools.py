@@ -22,3 +22,9 @@ def runs_of(instance: dg.DagsterInstance, key: str | None = None) -> list[dg.Dag
     """Every run (of one `models` partition when `key` is given), oldest first."""
     tags = {"dagster/partition": key} if key else None
     return list(reversed(instance.get_runs(dg.RunsFilter(tags=tags))))
+
+
+def describe(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """A run's status, tags and last events, for an assertion message."""
+    tail = [f"{e.dagster_event_type}: {e.message[:300]}" for e in instance.all_logs(run.run_id)]
+    return f"run {run.run_id} {run.status} tags {dict(run.tags)}\n" + "\n".join(tail[-8:])

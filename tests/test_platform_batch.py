@@ -13,7 +13,7 @@ import time
 import dagster as dg
 import polars as pl
 import pytest
-from platformtools import runs_of, wait_for
+from platformtools import describe, runs_of, wait_for
 
 from modelmap_assets.backfill import wait_for_backfill
 from modelmap_assets.cli import backfill
@@ -49,11 +49,6 @@ def mid_scoring(instance) -> bool:
     )
 
 
-def describe(instance, run) -> str:
-    tail = [f"{e.dagster_event_type}: {e.message[:160]}" for e in instance.all_logs(run.run_id)]
-    return f"run {run.run_id} {run.status} tags {dict(run.tags)}\n" + "\n".join(tail[-8:])
-
-
 @pytest.mark.timeout(1500)  # about 8 minutes on 2 cores; Dagster starts a process per model
 def test_fifty_model_backfill_on_postgres_survives_a_daemon_crash(platform):
     instance = platform.instance
@@ -63,8 +58,9 @@ def test_fifty_model_backfill_on_postgres_survives_a_daemon_crash(platform):
         assert backfill(instance, keys, servers.url, wait=False) == 0
         (request,) = instance.get_backfills()
         wait_for(lambda: mid_scoring(instance), 600, "ten models scored", every_s=0.2)
-        in_flight = [r.run_id for r in runs_of(instance) if r.status in ACTIVE]
         servers.stop_daemon(signal.SIGKILL, whole_group=True)
+        # Read after the kill: the daemon may have launched another run since the check.
+        in_flight = [r.run_id for r in runs_of(instance) if r.status in ACTIVE]
         servers.start_daemon()
         status = wait_for_backfill(servers.url, request.backfill_id, timeout_s=1200, log=print)
         print(f"backfill of {N_MODELS} models on PostgreSQL: {time.time() - t0:.0f} s")
@@ -76,14 +72,20 @@ def test_fifty_model_backfill_on_postgres_survives_a_daemon_crash(platform):
     assert sorted(pl.read_parquet(platform.data / "model_map" / "map.parquet")["key"]) == keys
     maps = instance.fetch_materializations(dg.AssetKey("model_map"), limit=10).records
     assert len(maps) == 1
+    # The reports were built from that map, not before it.
+    for report in ("regression_report", "leakage_report"):
+        latest = instance.get_latest_materialization_event(dg.AssetKey(report))
+        assert latest and latest.timestamp >= maps[0].timestamp, report
 
-    # The only failed run is the one killed with the daemon; its retry succeeded.
+    # The only failed runs are those killed with the daemon; each one's retry succeeded.
     runs = runs_of(instance)
     failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
-    assert [r.run_id for r in failed] == in_flight
+    assert [r.run_id for r in failed] == in_flight, "\n\n".join(
+        describe(instance, r) for r in failed
+    )
     retries = [r for r in runs if r.tags.get("dagster/parent_run_id") in in_flight]
-    assert [r.status for r in retries] == [dg.DagsterRunStatus.SUCCESS], describe(
-        instance, failed[0]
+    assert [r.status for r in retries] == [dg.DagsterRunStatus.SUCCESS] * len(in_flight), (
+        "\n\n".join(describe(instance, r) for r in failed + retries)
     )
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs if r not in failed)
     events = " ".join(e.message for e in instance.all_logs(in_flight[0]))

@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 import pytest
 from dagster._core.execution.backfill import BulkActionStatus
-from platformtools import wait_for
+from platformtools import describe, wait_for
 
 from modelmap.localbrowser import open_page
 from modelmap_assets.cli import register
@@ -81,6 +81,18 @@ def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
         )
         mapped = pl.read_parquet(platform.data / "model_map" / "map.parquet")
         assert sorted(mapped["key"]) == sorted(chosen)
+        # The reports refresh with the map, reading the new Q (not before it exists).
+        coordinates = instance.get_latest_materialization_event(dg.AssetKey("coordinates"))
+        for report in ("regression_report", "leakage_report"):
+            latest = wait_for(
+                lambda report=report: instance.get_latest_materialization_event(
+                    dg.AssetKey(report)
+                ),
+                300,
+                f"{report} to refresh",
+                every_s=2,
+            )
+            assert latest.timestamp >= coordinates.timestamp, report
 
         page.goto(f"{servers.url}/assets/model_map")
         page.get_by_text("[Show Markdown]").first.click()
@@ -90,5 +102,5 @@ def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
         page.wait_for_timeout(1_000)  # the dialog's fade-in
         shot("4-map-metadata")
     failed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
-    assert not failed
+    assert not failed, "\n\n".join(describe(instance, run) for run in failed)
     # dagster.yaml turns the "Join the Dagster community" dialog off (`nux`): none was shown.
