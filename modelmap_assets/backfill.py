@@ -3,9 +3,12 @@
 The Dagster CLI cannot add dynamic partitions, so `modelmap backfill KEY...` registers the keys
 in the `models` partitions (in the instance of $DAGSTER_HOME, which the webserver and daemon
 share) and then asks the webserver for an asset backfill (`launchPartitionBackfill`), as the
-UI's "Materialize" dialog does. The backfill covers the per-model assets of those partitions
-and the assets over all models, so the daemon scores the batch and refreshes the map and
-reports once, after the last model.
+UI's "Materialize" dialog does. The backfill covers the per-model assets of those partitions;
+the assets over all models are left to declarative automation, which refreshes them once,
+after the last model. (Were they in the backfill too, two mechanisms would build the map: a
+run killed mid-backfill marks its partition and everything downstream of it failed in the
+backfill's bookkeeping, which releases automation to build the map while the backfill, after
+the retry succeeds, builds it again.)
 """
 
 from __future__ import annotations

@@ -126,7 +126,9 @@ def demo_through_hub(
 def backfill(
     instance: dg.DagsterInstance, keys: list[str], url: str, wait: bool, timeout_s: float = 3600
 ) -> int:
-    """Register `keys` and launch one asset backfill of them and of the map and reports."""
+    """Register `keys` and launch one asset backfill of their per-model assets. The map and
+    reports are not in the backfill: declarative automation refreshes them once the batch is
+    scored. With `wait`, return when the backfill has ended and that refresh is done."""
     from modelmap_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
 
     if keys == ["zoo"]:
@@ -135,15 +137,58 @@ def backfill(
         keys = [m.key for m in load_registry(cache_dir() / "zoo")]
     new = register(instance, keys)
     print(f"registered {len(new)} new of {len(keys)} model keys")
-    assets = [a.key.to_user_string() for a in (*PER_MODEL, *DOWNSTREAM)]
+    assets = [a.key.to_user_string() for a in PER_MODEL]
+    started = time.time()
+    deadline = started + timeout_s
     try:
         backfill_id = launch_backfill(url, keys, assets)
         print(f"backfill {backfill_id}: {len(keys)} models; {url}/runs/b/{backfill_id}")
-        status = wait_for_backfill(url, backfill_id, timeout_s) if wait else "REQUESTED"
+        if not wait:
+            return 0
+        status = wait_for_backfill(url, backfill_id, timeout_s)
     except BackfillError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0 if status in ("REQUESTED", "COMPLETED", "COMPLETED_SUCCESS") else 1
+    if status not in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED"):
+        return 1
+    scored = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("likelihood"), asset_partitions=keys, after_timestamp=started
+        ),
+        limit=1,
+    ).records
+    if not scored:
+        print("no model of the batch was scored: nothing to refresh", file=sys.stderr)
+        return 1
+    stale = wait_for_refresh(instance, started, deadline - time.time())
+    if stale:
+        print(
+            f"error: {', '.join(stale)} not refreshed within {timeout_s:.0f} s of the launch; is "
+            "the `modelmap_automation` sensor running (Automation in the UI)?",
+            file=sys.stderr,
+        )
+        return 1
+    return 0 if status != "COMPLETED_FAILED" else 1
+
+
+def wait_for_refresh(
+    instance: dg.DagsterInstance, since: float, timeout_s: float, poll_s: float = 5
+) -> list[str]:
+    """Wait until every asset over all models has been materialized after `since` (automation
+    refreshes them together, in one run); returns those still not refreshed at `timeout_s`."""
+    deadline = time.time() + max(timeout_s, 0)
+    while True:
+        stale = [
+            a.key.to_user_string()
+            for a in DOWNSTREAM
+            if not (event := instance.get_latest_materialization_event(a.key))
+            or event.timestamp < since
+        ]
+        if not stale:
+            print(f"map and reports refreshed ({time.time() - since:.0f} s after the launch)")
+        if not stale or time.time() >= deadline:
+            return stale
+        time.sleep(poll_s)
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -174,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("MODELMAP_WEBSERVER", "http://127.0.0.1:3000"),
         help="the Dagster webserver (`make ui`)",
     )
-    back.add_argument("--wait", action="store_true", help="wait until the backfill ends")
+    back.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the backfill ends and automation has refreshed the map and reports",
+    )
     mat = sub.add_parser("materialize", help="materialize corpus, every model and the map")
     demo = sub.add_parser(
         "demo", help="zoo on a local Hub, found by the sensor, scored and mapped automatically"

@@ -16,7 +16,7 @@ import pytest
 from platformtools import describe, runs_of, wait_for
 
 from modelmap_assets.backfill import wait_for_backfill
-from modelmap_assets.cli import backfill
+from modelmap_assets.cli import backfill, wait_for_refresh
 from modelmap_assets.local_platform import local_platform, prepare
 
 N_MODELS = 50
@@ -63,19 +63,24 @@ def test_fifty_model_backfill_on_postgres_survives_a_daemon_crash(platform):
         in_flight = [r.run_id for r in runs_of(instance) if r.status in ACTIVE]
         servers.start_daemon()
         status = wait_for_backfill(servers.url, request.backfill_id, timeout_s=1200, log=print)
+        assert status == "COMPLETED_SUCCESS"
+        # Automation refreshes the map and the reports once the batch is scored.
+        assert wait_for_refresh(instance, t0, timeout_s=300, poll_s=1) == []
         print(f"backfill of {N_MODELS} models on PostgreSQL: {time.time() - t0:.0f} s")
-    assert status == "COMPLETED_SUCCESS"
 
     # Every model scored and benchmarked; the map holds them all and was built once.
     for asset in ("likelihood", "benchmark_scores"):
         assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(keys), asset
     assert sorted(pl.read_parquet(platform.data / "model_map" / "map.parquet")["key"]) == keys
     maps = instance.fetch_materializations(dg.AssetKey("model_map"), limit=10).records
-    assert len(maps) == 1
-    # The reports were built from that map, not before it.
+    assert len(maps) == 1, "\n\n".join(
+        describe(instance, instance.get_run_by_id(m.run_id)) for m in maps
+    )
+    # The reports were built from the final Q, not before it.
+    coordinates = instance.get_latest_materialization_event(dg.AssetKey("coordinates"))
     for report in ("regression_report", "leakage_report"):
         latest = instance.get_latest_materialization_event(dg.AssetKey(report))
-        assert latest and latest.timestamp >= maps[0].timestamp, report
+        assert latest and latest.timestamp >= coordinates.timestamp, report
 
     # The only failed runs are those killed with the daemon; each one's retry succeeded.
     runs = runs_of(instance)
