@@ -17,16 +17,16 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import dagster as dg
-import mlflow
 import numpy as np
-import pandas as pd
-from mlflow.exceptions import MlflowException
 
 from modelmap.predictor import ScorePredictor
+
+if TYPE_CHECKING:
+    import mlflow
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -66,29 +66,14 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-class ScorePredictorModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of a `ScorePredictor` (artifact "predictor": its .npz file).
+def __getattr__(name: str):
+    # Predictor versions registered before the pyfunc class moved to resources.mlflow_pyfunc
+    # were pickled as resources.mlflow.ScorePredictorModel: resolve that name for them.
+    if name == "ScorePredictorModel":
+        from resources.mlflow_pyfunc import ScorePredictorModel
 
-    Input: a DataFrame whose columns are the corpus text ids (any order; extra columns are
-    ignored) or, called directly (`unwrap_python_model().predict(None, X)`), a 2-D array of
-    width N. Through pyfunc the logged signature (one named column per text) makes MLflow
-    reorder a DataFrame's columns and refuse bare arrays. Output: one column per target.
-    """
-
-    def load_context(self, context) -> None:
-        self.predictor = ScorePredictor.load(context.artifacts["predictor"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        p = self.predictor
-        if isinstance(model_input, pd.DataFrame):
-            missing = [t for t in p.text_ids if t not in model_input.columns]
-            if missing:
-                raise ValueError(
-                    f"input lacks {len(missing)} of the {p.n_texts} corpus text ids "
-                    f"(first: {missing[:5]})"
-                )
-            model_input = model_input[p.text_ids].to_numpy(dtype=np.float64)
-        return pd.DataFrame(p.predict(np.asarray(model_input)), columns=p.targets)
+        return ScorePredictorModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -120,6 +105,9 @@ class MlflowResource(dg.ConfigurableResource):
 
     def _client(self) -> tuple[mlflow.MlflowClient, str]:
         """A client on this store and the id of `experiment` (created if need be)."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
         uri = self.uri()
         db = _sqlite_path(uri)
         if db is not None and uri not in _INITIALISED:
@@ -152,6 +140,8 @@ class MlflowResource(dg.ConfigurableResource):
         self, client, experiment_id, run_name, params, metrics, tags, context, started_at=None
     ) -> str:
         """Create a run and log its params, finite metrics and tags; return its id."""
+        from mlflow.entities import Metric, Param
+
         tags = {k: str(v) for k, v in (tags or {}).items()}
         if context is not None:
             tags["dagster.run_id"] = context.run.run_id
@@ -174,8 +164,8 @@ class MlflowResource(dg.ConfigurableResource):
             _retry(
                 client.log_batch,
                 run_id,
-                metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in finite.items()],
-                params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+                metrics=[Metric(k, v, now, 0) for k, v in finite.items()],
+                params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
             )
         except BaseException:
             _retry(client.set_terminated, run_id, "FAILED")
@@ -251,6 +241,11 @@ class MlflowResource(dg.ConfigurableResource):
         and register it; returns (run id, version)."""
         if not self.enabled:
             return None
+        import mlflow
+        import pandas as pd
+
+        from resources.mlflow_pyfunc import ScorePredictorModel
+
         client, experiment_id = self._client()
         run_id = self._start(client, experiment_id, run_name, params, metrics, tags, context)
         uri = self.uri()
@@ -295,6 +290,7 @@ def _log_artifacts(client: mlflow.MlflowClient, run_id: str, artifacts: Artifact
 @contextlib.contextmanager
 def _global_uris(uri: str):
     """Point mlflow's fluent API (global URIs, also exported as env vars) at `uri`, then restore."""
+    import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 

@@ -1,7 +1,10 @@
 """MlflowResource against a real SQLite tracking store in tmp_path, and ScorePredictor."""
 
 import multiprocessing as mp
+import subprocess
+import sys
 
+import cloudpickle
 import dagster as dg
 import mlflow
 import numpy as np
@@ -163,6 +166,25 @@ def test_register_predictor_versions_and_pyfunc_predictions(store, predictor, mo
     np.testing.assert_allclose(raw.to_numpy(), expected, atol=1e-10)
     with pytest.raises(Exception, match="missing inputs"):
         model.predict(df.drop(columns=[predictor.text_ids[7]]))
+
+
+def test_versions_pickled_under_the_old_module_path_still_load(monkeypatch):
+    """Versions registered before the pyfunc class moved to resources.mlflow_pyfunc (so that
+    runs do not import mlflow) pickled it as resources.mlflow.ScorePredictorModel."""
+    from resources import mlflow_pyfunc
+
+    monkeypatch.setattr(mlflow_pyfunc.ScorePredictorModel, "__module__", "resources.mlflow")
+    blob = cloudpickle.dumps(mlflow_pyfunc.ScorePredictorModel())
+    monkeypatch.undo()
+    assert b"resources.mlflow" in blob and b"mlflow_pyfunc" not in blob
+    assert type(cloudpickle.loads(blob)) is mlflow_pyfunc.ScorePredictorModel
+
+
+def test_a_run_process_does_not_import_mlflow():
+    """Every Dagster run imports the code location; mlflow is imported only when used."""
+    code = "import sys, modelmap_assets.definitions; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_disabled_resource_is_a_no_op(tmp_path, predictor, monkeypatch):
