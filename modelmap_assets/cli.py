@@ -151,17 +151,21 @@ def backfill(
         return 1
     if status not in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED"):
         return 1
-    scored = instance.fetch_materializations(
+    last_scored = instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=dg.AssetKey("likelihood"), asset_partitions=keys, after_timestamp=started
         ),
         limit=1,
+        ascending=False,
     ).records
-    if not scored:
+    if not last_scored:
         print("no model of the batch was scored: nothing to refresh", file=sys.stderr)
         return 1
-    stale = wait_for_refresh(instance, started, deadline - time.time())
-    if stale:
+    # The refresh that includes the batch comes after its last model was scored.
+    stale = wait_for_refresh(instance, last_scored[0].timestamp, deadline - time.time())
+    if not stale:
+        print(f"map and reports refreshed ({time.time() - started:.0f} s after the launch)")
+    else:
         print(
             f"error: {', '.join(stale)} not refreshed within {timeout_s:.0f} s of the launch; is "
             "the `modelmap_automation` sensor running (Automation in the UI)?",
@@ -184,8 +188,6 @@ def wait_for_refresh(
             if not (event := instance.get_latest_materialization_event(a.key))
             or event.timestamp < since
         ]
-        if not stale:
-            print(f"map and reports refreshed ({time.time() - since:.0f} s after the launch)")
         if not stale or time.time() >= deadline:
             return stale
         time.sleep(poll_s)
