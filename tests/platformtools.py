@@ -28,3 +28,14 @@ def describe(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
     """A run's status, tags and last events, for an assertion message."""
     tail = [f"{e.dagster_event_type}: {e.message[:300]}" for e in instance.all_logs(run.run_id)]
     return f"run {run.run_id} {run.status} tags {dict(run.tags)}\n" + "\n".join(tail[-8:])
+
+
+def reports_read_the_final_map(instance: dg.DagsterInstance) -> list[str]:
+    """The reports not built after the latest `coordinates` (they read its Q): [] when both were."""
+    coordinates = instance.get_latest_materialization_event(dg.AssetKey("coordinates"))
+    stale = []
+    for report in ("regression_report", "leakage_report"):
+        latest = instance.get_latest_materialization_event(dg.AssetKey(report))
+        if not (latest and coordinates and latest.timestamp >= coordinates.timestamp):
+            stale.append(report)
+    return stale

@@ -6,16 +6,17 @@ Screenshots of each step are kept in `test-artifacts/ui/` (git-ignored).
 """
 
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 from dagster._core.execution.backfill import BulkActionStatus
-from platformtools import describe, wait_for
+from platformtools import describe, reports_read_the_final_map, wait_for
 
 from modelmap.localbrowser import open_page
-from modelmap_assets.cli import register
+from modelmap_assets.cli import register, wait_for_refresh
 from modelmap_assets.local_platform import local_platform, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,7 @@ def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
         page.get_by_text("3 partitions", exact=True).wait_for()
         page.wait_for_timeout(1_000)  # the menu's fade-out
         shot("2-launch-dialog")
+        launched = time.time()
         page.get_by_role("button", name="Launch backfill").click()
 
         (request,) = wait_for(instance.get_backfills, 60, "the UI to launch a backfill")
@@ -72,27 +74,12 @@ def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
         assert done.status == BulkActionStatus.COMPLETED_SUCCESS, done.status
         for asset in ("likelihood", "benchmark_scores"):  # the three chosen, not the other two
             assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(chosen)
-        # The map refreshes by declarative automation once the scores land.
-        wait_for(
-            lambda: instance.get_latest_materialization_event(dg.AssetKey("model_map")),
-            300,
-            "the map to refresh",
-            every_s=2,
-        )
+        # Declarative automation refreshes the map and the reports once the scores land; the
+        # reports read the new Q (not before it exists).
+        assert wait_for_refresh(instance, launched, timeout_s=300, poll_s=2) == []
         mapped = pl.read_parquet(platform.data / "model_map" / "map.parquet")
         assert sorted(mapped["key"]) == sorted(chosen)
-        # The reports refresh with the map, reading the new Q (not before it exists).
-        coordinates = instance.get_latest_materialization_event(dg.AssetKey("coordinates"))
-        for report in ("regression_report", "leakage_report"):
-            latest = wait_for(
-                lambda report=report: instance.get_latest_materialization_event(
-                    dg.AssetKey(report)
-                ),
-                300,
-                f"{report} to refresh",
-                every_s=2,
-            )
-            assert latest.timestamp >= coordinates.timestamp, report
+        assert reports_read_the_final_map(instance) == []
 
         page.goto(f"{servers.url}/assets/model_map")
         page.get_by_text("[Show Markdown]").first.click()
