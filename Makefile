@@ -48,7 +48,7 @@ zoo: $(STAMP)
 HUB_ROOT ?= $(MODELMAP_CACHE)/hub_repos
 HUB_PORT ?= 8765
 hub: $(STAMP)
-	$(BIN)/python -m modelmap.hub_server --root $(HUB_ROOT) --port $(HUB_PORT)
+	$(BIN)/python -m workshop.hub_server --root $(HUB_ROOT) --port $(HUB_PORT)
 
 # The webserver and the daemon (sensors, automation, backfills, run queue) on loopback,
 # against the persistent dagster_home/; Ctrl-C stops both.

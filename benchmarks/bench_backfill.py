@@ -3,7 +3,7 @@
     python benchmarks/bench_backfill.py --models 50 [--storage sqlite|postgres]
 
 Registers `--models` keys `batch/mNN` (each a copied folder of one small-zoo model, so every run
-loads and scores a real model) on a fresh platform (`modelmap_assets/local_platform.py`: the
+loads and scores a real model) on a fresh platform (`workshop/platform.py`: the
 committed dagster.yaml, or dagster.postgres.yaml on a fresh database of the `make postgres`
 server, and a 40-text corpus), launches one backfill with `modelmap backfill` and reports its
 wall time, the runs, how many times the map was refreshed, whether "database is locked"
@@ -22,8 +22,8 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from modelmap_assets.cli import backfill
-from modelmap_assets.local_platform import local_platform, prepare
+from modelmap_assets.cli.main import backfill
+from workshop.platform import local_platform, prepare
 
 
 def run_timings(instance: dg.DagsterInstance) -> dict:

@@ -2,9 +2,9 @@
 
 For each model and precision, on the same texts and device, in one process:
 
-- `modelmap`: `modelmap.scoring.score_texts` (token-budget batches, chunked output layer);
+- `modelmap`: `modelmap.scoring.engine.score_texts` (token-budget batches, chunked output layer);
 - `paper`: the paper's algorithm, one text at a time, a full-vocabulary log_softmax and a
-  per-token loop (`modelmap.reference.reference_loglik`);
+  per-token loop (`workshop.reference.reference_loglik`);
 - `lm_eval_default` / `lm_eval_best`: lm-evaluation-harness's `HFLM.loglikelihood_rolling` with
   its default batch size (1) and with the fastest of `--lm-eval-batch-sizes` (chosen on a
   subset of the texts, then run on all of them).
@@ -43,14 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modelmap.corpus import build_corpus
-from modelmap.loading import LoadedModel, load_causal_lm
-from modelmap.prefetch import prefetched
-from modelmap.reference import reference_loglik
-from modelmap.scoring import TOKEN_CACHE, plan_windows, score_texts, tokenize
-from modelmap.smollm import MODEL_KEY as SMOLLM_KEY
-from modelmap.smollm import smollm2_folder
-from modelmap.zoo import ZooSpec, build_zoo
+from modelmap.corpus.build import build_corpus
+from modelmap.scoring.engine import TOKEN_CACHE, plan_windows, score_texts, tokenize
+from modelmap.scoring.loading import LoadedModel, load_causal_lm
+from modelmap.scoring.prefetch import prefetched
+from workshop.reference import reference_loglik
+from workshop.smollm import MODEL_KEY as SMOLLM_KEY
+from workshop.smollm import smollm2_folder
+from workshop.zoo import ZooSpec, build_zoo
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("MODELMAP_CACHE", REPO / ".cache" / "modelmap"))
@@ -415,9 +415,9 @@ def table(runs: list[Run]) -> str:
 
 def precision_study(zoo_dir: Path, zoo, texts: list[str], log) -> dict:
     """The zoo's KL table and map from bfloat16 scoring against float32 scoring."""
-    from modelmap.centering import clip_global, double_centre
-    from modelmap.kl import two_kl_nats
-    from modelmap.mapping import embed_2d
+    from modelmap.geometry.centering import clip_global, double_centre
+    from modelmap.geometry.kl import two_kl_nats
+    from modelmap.geometry.mapping import embed_2d
 
     L = {}
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from modelmap.corpus import build_corpus, corpus_hash
+from modelmap.corpus.build import build_corpus, corpus_hash
 from resources.storage import StorageResource
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from modelmap_assets.benchmarks import benchmark_scores, leakage_report, regression_report
 from modelmap_assets.corpus import corpus
-from modelmap_assets.likelihood import likelihood
-from modelmap_assets.maps import coordinates, kl_table, model_map
+from modelmap_assets.geometry import coordinates, kl_table, model_map
+from modelmap_assets.reports import benchmark_scores, leakage_report, regression_report
+from modelmap_assets.scoring import likelihood
 from modelmap_assets.sensors import build_hub_models_sensor
 from resources.benchmarks import BenchmarkResource
 from resources.hub import HubResource

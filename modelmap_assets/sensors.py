@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from modelmap_assets.benchmarks import benchmark_scores
-from modelmap_assets.likelihood import likelihood
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.reports import benchmark_scores
+from modelmap_assets.scoring import likelihood
 from modelmap_assets.tags import REVISION_TAG, SOURCE_TAG
 from resources.hub import HubResource
 

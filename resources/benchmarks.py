@@ -4,8 +4,8 @@ from typing import Literal
 
 import dagster as dg
 
-from modelmap.benchmarks import empty_scores, read_scores_file
-from modelmap.tasks import Task, default_tasks, read_tasks
+from modelmap.reports.benchmarks import empty_scores, read_scores_file
+from modelmap.reports.tasks import Task, default_tasks, read_tasks
 
 
 class BenchmarkResource(dg.ConfigurableResource):
@@ -13,7 +13,7 @@ class BenchmarkResource(dg.ConfigurableResource):
 
     `measure`: "missing" measures the tasks for models the file does not list, "always" for
     every model, "never" only reads the file. `tasks_dir` holds `<task>.jsonl` files (format
-    in `modelmap.tasks`); by default the embedded held-out tasks are used.
+    in `modelmap.reports.tasks`); by default the embedded held-out tasks are used.
     """
 
     scores_file: str | None = None

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from modelmap.loading import SCORING_FILES, ModelLoadError
+from modelmap.scoring.loading import SCORING_FILES, ModelLoadError
 from modelmap.storage import InvalidModelKey, validate_model_key
 
 # Properties the sensor needs per listed model (the Hub omits sha/lastModified otherwise).

@@ -23,7 +23,7 @@ import cloudpickle
 import dagster as dg
 import numpy as np
 
-from modelmap.predictor import ScorePredictor
+from modelmap.reports.predictor import ScorePredictor
 
 if TYPE_CHECKING:
     import mlflow

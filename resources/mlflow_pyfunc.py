@@ -5,7 +5,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from modelmap.predictor import ScorePredictor
+from modelmap.reports.predictor import ScorePredictor
 
 
 class ScorePredictorModel(mlflow.pyfunc.PythonModel):

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 import torch
 
-from modelmap.loading import LoadedModel, load_causal_lm
-from modelmap.scoring import Progress, ScoreResult, score_texts
+from modelmap.scoring.engine import Progress, ScoreResult, score_texts
+from modelmap.scoring.loading import LoadedModel, load_causal_lm
 
 
 def peak_memory_mb(device: torch.device) -> float:

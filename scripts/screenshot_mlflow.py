@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modelmap.localbrowser import open_page
-from modelmap.localhttp import free_port, wait_until_up
+from workshop.browser import open_page
+from workshop.localhttp import free_port, wait_until_up
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ def zoo_dir() -> Path:
 @pytest.fixture(scope="session")
 def zoo():
     """(folder, registry entries) of the full embedded zoo, trained on first use (~minutes)."""
-    from modelmap.zoo import ZooSpec, build_zoo
+    from workshop.zoo import ZooSpec, build_zoo
 
     folder = zoo_dir()
     models = build_zoo(folder, spec=ZooSpec.default(), log=lambda s: print(s, flush=True))
@@ -36,7 +36,7 @@ def zoo():
 @pytest.fixture(scope="session")
 def corpus_texts():
     """300 real texts of the embedded corpus (held out from the zoo's training text)."""
-    from modelmap.corpus import build_corpus
+    from modelmap.corpus.build import build_corpus
 
     return build_corpus("embedded", 300)
 
@@ -52,7 +52,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture
 def hub(tmp_path):
     """A local Hub server on a free port, serving `tmp_path / 'hub'`."""
-    from modelmap.hub_server import HubServer
+    from workshop.hub_server import HubServer
 
     root = tmp_path / "hub"
     root.mkdir()
@@ -68,7 +68,7 @@ def postgres():
     import shutil
     import subprocess
 
-    from modelmap.localhttp import free_port
+    from workshop.localhttp import free_port
 
     # Not under pytest's root-only temporary folder: the server runs as the `postgres` user.
     base = Path(tempfile.mkdtemp(prefix="modelmap-pg-"))

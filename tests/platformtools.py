@@ -1,4 +1,4 @@
-"""Waiting on a running platform (see modelmap_assets/local_platform.py for starting one)."""
+"""Waiting on a running platform (see workshop/platform.py for starting one)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from modelmap.benchmarks import (
+from modelmap.reports.benchmarks import (
     BenchmarkFileError,
     canonical_name,
     primary_mean,

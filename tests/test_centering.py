@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from modelmap.centering import clip_global, double_centre, double_centre_into
+from modelmap.geometry.centering import clip_global, double_centre, double_centre_into
 
 # 3 models x 4 texts, log-likelihoods in nats.
 L_HAND = np.array(

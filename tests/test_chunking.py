@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from modelmap.chunking import Chunk, Document, chunk_documents, sample_chunks, split_utf8
+from modelmap.corpus.chunking import Chunk, Document, chunk_documents, sample_chunks, split_utf8
 
 
 def nbytes(s: str) -> int:

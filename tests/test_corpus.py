@@ -10,8 +10,7 @@ import struct
 import polars as pl
 import pytest
 
-from modelmap.chunking import chunk_documents
-from modelmap.corpus import (
+from modelmap.corpus.build import (
     EMBEDDED_PATH,
     CorpusError,
     build_corpus,
@@ -21,6 +20,7 @@ from modelmap.corpus import (
     load_pile_jsonl,
     load_text_folder,
 )
+from modelmap.corpus.chunking import chunk_documents
 
 # Pinned: changes when the embedded data file, the chunking, the sampling or the hash change.
 EMBEDDED_2000_HASH = "ea2fbe78fba0255d045e46bc09dc1420ceefdc30a48053425c4e2d7b299072ce"

@@ -5,11 +5,11 @@ import polars as pl
 import pytest
 from hubtools import edit_config, variant
 
-from modelmap.hub_server import HubServer, publish, publish_zoo
-from modelmap.zoo import ZooSpec, build_zoo
-from modelmap_assets.cli import materialize_all
+from modelmap_assets.cli.main import materialize_all
+from modelmap_assets.cli.ticks import LocalDaemon
 from modelmap_assets.definitions import ASSETS, build_resources, defs
-from modelmap_assets.ticks import LocalDaemon
+from workshop.hub_server import HubServer, publish, publish_zoo
+from workshop.zoo import ZooSpec, build_zoo
 
 
 @pytest.fixture(scope="module")

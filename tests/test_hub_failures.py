@@ -11,13 +11,13 @@ import torch
 from hubtools import edit_config, variant
 from safetensors.torch import load_file, save_file
 
-from modelmap.corpus import build_corpus, corpus_hash
-from modelmap.hub_server import HubServer, publish
-from modelmap_assets.cli import failure_message
+from modelmap.corpus.build import build_corpus, corpus_hash
+from modelmap_assets.cli.main import failure_message
 from modelmap_assets.definitions import ASSETS, build_resources
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
 from resources.scorer import ScorerResource
+from workshop.hub_server import HubServer, publish
 
 
 def _drop(*names):

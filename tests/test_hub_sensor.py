@@ -8,10 +8,10 @@ import pytest
 from dagster._core.test_utils import create_run_for_test
 from huggingface_hub import HfApi
 
-from modelmap.hub_server import HubServer, publish
 from modelmap_assets.sensors import build_hub_models_sensor
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
+from workshop.hub_server import HubServer, publish
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 sensor = build_hub_models_sensor()

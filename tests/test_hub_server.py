@@ -14,7 +14,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from modelmap.hub_server import publish
+from workshop.hub_server import publish
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -126,7 +126,7 @@ def test_transformers_from_pretrained_through_hf_endpoint(hub, tiny_model, tmp_p
 def test_publish_zoo_from_its_registry(hub, tiny_model, tmp_path):
     import json
 
-    from modelmap.hub_server import publish_zoo
+    from workshop.hub_server import publish_zoo
 
     zoo = tmp_path / "zoo"
     entry = dict(

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from modelmap.centering import double_centre
-from modelmap.kl import (
+from modelmap.geometry.centering import double_centre
+from modelmap.geometry.kl import (
     nats_per_text_to_bits_per_byte,
     nearest_neighbours,
     neighbour_table,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from modelmap.leakage import MIN_SCALE, leakage_png, screen
+from modelmap.reports.leakage import MIN_SCALE, leakage_png, screen
 
 
 def line_data(seed: int = 0, n: int = 30):

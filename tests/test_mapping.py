@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from modelmap.centering import double_centre
-from modelmap.mapping import embed_2d, plot_map_png, short_name, tsne_perplexity, write_map_html
+from modelmap.geometry.centering import double_centre
+from modelmap.geometry.mapping import (
+    embed_2d,
+    plot_map_png,
+    short_name,
+    tsne_perplexity,
+    write_map_html,
+)
 
 
 def _q(K: int, N: int = 40, seed: int = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelmap.predictor import ScorePredictor
+from modelmap.reports.predictor import ScorePredictor
 from resources.mlflow import MlflowResource
 
 N_TEXTS, TARGETS = 40, ["arc", "hellaswag", "mmlu"]

@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from modelmap.kl import two_kl_nats
-from modelmap_assets.cli import materialize_all
+from modelmap.geometry.kl import two_kl_nats
+from modelmap_assets.cli.main import materialize_all
 from modelmap_assets.definitions import build_resources, defs
 
 

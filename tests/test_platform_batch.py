@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 from platformtools import describe, reports_read_the_final_map, runs_of, wait_for
 
-from modelmap_assets.backfill import wait_for_backfill
-from modelmap_assets.cli import backfill, wait_for_refresh
-from modelmap_assets.local_platform import local_platform, prepare
+from modelmap_assets.cli.backfill import wait_for_backfill
+from modelmap_assets.cli.main import backfill, wait_for_refresh
+from workshop.platform import local_platform, prepare
 
 N_MODELS = 50
 ACTIVE = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}

@@ -25,9 +25,9 @@ from dagster_graphql import DagsterGraphQLClient
 from platformtools import runs_of, wait_for
 
 from modelmap_assets.definitions import build_resources
-from modelmap_assets.launcher import run_worker_pid, worker_alive
-from modelmap_assets.local_platform import prepare, running_platform
+from modelmap_assets.instance.launcher import run_worker_pid, worker_alive
 from modelmap_assets.partitions import models_partitions
+from workshop.platform import prepare, running_platform
 
 SLOW = "slow/llama"
 

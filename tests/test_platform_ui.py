@@ -15,9 +15,9 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 from platformtools import describe, reports_read_the_final_map, wait_for
 
-from modelmap.localbrowser import open_page
-from modelmap_assets.cli import register, wait_for_refresh
-from modelmap_assets.local_platform import local_platform, prepare
+from modelmap_assets.cli.main import register, wait_for_refresh
+from workshop.browser import open_page
+from workshop.platform import local_platform, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("MODELMAP_TEST_ARTIFACTS", REPO / "test-artifacts")) / "ui"

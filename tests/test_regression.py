@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 from scipy.stats import pearsonr
 
-from modelmap.regression import (
+from modelmap.reports.regression import (
     ALPHAS,
     FittedRidge,
     cross_val_predict,

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from modelmap.loading import load_causal_lm
-from modelmap.reference import reference_loglik
-from modelmap.scoring import (
+from modelmap.scoring.engine import (
     ScoringError,
     context_of_token,
     make_batches,
@@ -16,6 +14,8 @@ from modelmap.scoring import (
     score_texts,
     tokenize,
 )
+from modelmap.scoring.loading import load_causal_lm
+from workshop.reference import reference_loglik
 
 
 def test_windows_by_hand():

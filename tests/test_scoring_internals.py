@@ -6,14 +6,14 @@ import time
 import numpy as np
 import pytest
 
-from modelmap.prefetch import prefetched
-from modelmap.scoring import (
+from modelmap.scoring.engine import (
     TokenCache,
     TokenizedTexts,
     batch_arrays,
     plan_all_windows,
     tokenizer_fingerprint,
 )
+from modelmap.scoring.prefetch import prefetched
 
 
 def test_batch_arrays_match_a_plain_loop():

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from modelmap.corpus import load_embedded_documents
-from modelmap.loading import load_causal_lm
-from modelmap.tasks import (
+from modelmap.corpus.build import load_embedded_documents
+from modelmap.reports.tasks import (
     Item,
     Task,
     TaskError,
@@ -18,6 +17,7 @@ from modelmap.tasks import (
     read_tasks,
     write_task,
 )
+from modelmap.scoring.loading import load_causal_lm
 
 
 def test_default_tasks_are_deterministic_and_held_out():

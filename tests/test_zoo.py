@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modelmap import zoo
-from modelmap.zoo import ZooModel, ZooSpec, build_zoo, load_registry
+from workshop import zoo
+from workshop.zoo import ZooModel, ZooSpec, build_zoo, load_registry
 
 KEY_PART = r"[A-Za-z0-9._-]+"
 

@@ -6,8 +6,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from modelmap import leakage, regression
-from modelmap.benchmarks import (
+from modelmap.reports import leakage, regression
+from modelmap.reports.benchmarks import (
     SCORE_COLUMNS,
     SUITE_TASKS,
     BenchmarkFileError,
@@ -15,14 +15,14 @@ from modelmap.benchmarks import (
     primary_mean,
     targets,
 )
-from modelmap.predictor import ScorePredictor
-from modelmap.scoring import default_token_budget
+from modelmap.reports.predictor import ScorePredictor
+from modelmap.reports.tasks import TaskError, evaluate_tasks, tasks_hash
+from modelmap.scoring.engine import default_token_budget
 from modelmap.storage import write_parquet
-from modelmap.tasks import TaskError, evaluate_tasks, tasks_hash
-from modelmap_assets.likelihood import MODEL_ERRORS, load_partition_model, model_failure
-from modelmap_assets.maps import coordinates, read_coordinates, refresh
+from modelmap_assets.geometry import coordinates, read_coordinates, refresh
 from modelmap_assets.metadata import md_table, png_md
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.scoring import MODEL_ERRORS, load_partition_model, model_failure
 from resources.benchmarks import BenchmarkResource
 from resources.hub import HubResource
 from resources.mlflow import MlflowResource
@@ -223,7 +223,7 @@ def leakage_report(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Models whose log-likelihood per byte on the corpus is far higher than their benchmark
-    scores explain (robust residual z-score; the rule is in `modelmap.leakage`)."""
+    scores explain (robust residual z-score; the rule is in `modelmap.reports.leakage`)."""
     index, _, info = read_coordinates(storage)
     keys, families = index["key"].to_list(), index["family"].to_list()
     target_map = targets(_all_scores(storage, keys), keys)

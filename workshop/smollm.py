@@ -8,7 +8,7 @@ loaded from a quantized GGUF. So the model is rebuilt from its config without
 `quantization_config`, the state dict is copied into it, and it is saved with its tokenizer as
 a normal Hugging Face model folder in the cache (about 270 MB of safetensors: never commit it).
 
-    from modelmap.smollm import smollm2_folder
+    from workshop.smollm import smollm2_folder
     folder = smollm2_folder()          # $MODELMAP_CACHE/smollm2-135m, built on first use (~20 s)
 
 The folder is written under a temporary name and renamed into place, so a killed build never
@@ -160,7 +160,7 @@ def build_smollm_family(cache_dir: str | Path | None = None, log=print) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modelmap.zoo import REGISTRY_NAME, ZooModel, _save_atomic
+    from workshop.zoo import REGISTRY_NAME, ZooModel, save_model_atomic
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = cache / FAMILY_DIR
@@ -189,22 +189,22 @@ def build_smollm_family(cache_dir: str | Path | None = None, log=print) -> Path:
         ).__dict__
 
     entries = []
-    _save_atomic(base, tokenizer, out / BASE_KEY)
+    save_model_atomic(base, tokenizer, out / BASE_KEY)
     entries.append(entry(BASE_KEY, "base"))
     for i, scale in enumerate(NOISE_SCALES):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         _add_noise(model, scale, seed=i)
         key = f"{BASE_KEY}-noise-{scale:g}"
-        _save_atomic(model, tokenizer, out / key)
+        save_model_atomic(model, tokenizer, out / key)
         entries.append(entry(key, "noise"))
         log(f"{key}: weights + {scale:g} x std noise")
-    from modelmap.corpus import load_embedded_documents
+    from modelmap.corpus.build import load_embedded_documents
 
     texts = [d.text for d in load_embedded_documents("train") if d.domain == FINETUNE_DOMAIN]
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     _continue_training(model, tokenizer, texts, log)
     key = f"{BASE_KEY}-ft-{FINETUNE_DOMAIN}"
-    _save_atomic(model, tokenizer, out / key)
+    save_model_atomic(model, tokenizer, out / key)
     entries.append(entry(key, "finetune", FINETUNE_DOMAIN))
     tmp = out / f".{REGISTRY_NAME}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps({"build": version, "models": entries}, indent=1) + "\n")

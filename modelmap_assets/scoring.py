@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from modelmap.loading import LoadedModel, ModelLoadError
-from modelmap.scoring import ScoreResult, ScoringError
+from modelmap.scoring.engine import ScoreResult, ScoringError
+from modelmap.scoring.loading import LoadedModel, ModelLoadError
 from modelmap.storage import InvalidModelKey, validate_model_key
 from modelmap_assets.corpus import corpus
 from modelmap_assets.partitions import models_partitions

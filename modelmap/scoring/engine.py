@@ -346,7 +346,7 @@ def score_texts(
     with torch.inference_mode():
         for batch in batches:
             members = windows[batch]
-            sums = _score_batch(head, tokens, members, device, chunk_rows)
+            sums = score_batch(head, tokens, members, device, chunk_rows)
             np.add.at(loglik, members[:, 0], sums)
             windows_done += len(members)
             tokens_done += int(lengths[batch].sum())
@@ -406,7 +406,7 @@ def batch_arrays(
     return inputs, positions, inputs[owner, target_col], owner
 
 
-def _score_batch(
+def score_batch(
     head: OutputHead,
     tokens: TokenizedTexts,
     members: np.ndarray,

@@ -4,7 +4,7 @@ Three sources give the same table (``text_id``, ``text``, ``domain``, ``n_bytes`
 
 - ``"jsonl"``: the paper's published ``texts-10k-pile.jsonl`` (already chunks; first n kept);
 - ``"folder"``: a folder of text files, chunked and sampled like the paper did with the Pile;
-- ``"embedded"``: the committed default, ``modelmap/data/embedded_documents.jsonl.gz``
+- ``"embedded"``: the committed default, ``modelmap/corpus/data/embedded_documents.jsonl.gz``
   (real text from seven domains, built by ``scripts/build_embedded_corpus.py``).
 
 Embedded documents are split by a hash of their ``doc_id`` into a ``"corpus"`` half (scored),
@@ -24,7 +24,7 @@ from typing import Literal
 
 import polars as pl
 
-from modelmap.chunking import Chunk, Document, chunk_documents, sample_chunks
+from modelmap.corpus.chunking import Chunk, Document, chunk_documents, sample_chunks
 
 EMBEDDED_PATH = Path(__file__).resolve().parent / "data" / "embedded_documents.jsonl.gz"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")

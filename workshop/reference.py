@@ -2,7 +2,7 @@
 
 This is the paper's algorithm written for clarity, not speed: a full forward pass per window,
 a full-vocabulary float32 log-softmax, and a Python loop over tokens. The fast engine in
-`modelmap.scoring` must agree with it (tests hold them within 1e-5 relative in float32).
+`modelmap.scoring.engine` must agree with it (tests hold them within 1e-5 relative in float32).
 It uses the same first-token rule and the same sliding windows (`plan_windows`).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from modelmap.scoring import plan_windows, tokenize
+from modelmap.scoring.engine import plan_windows, tokenize
 
 
 def reference_loglik(

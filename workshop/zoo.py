@@ -19,7 +19,7 @@ steps at lr 3e-4 keep every fine-tune's nearest neighbour inside its family; muc
 or stronger fine-tunes let fine-tunes on the same domain from different families attract each
 other.
 
-Run ``python -m modelmap.zoo --out DIR`` to build it (~5 min on two idle cores, more if shared).
+Run ``python -m workshop.zoo --out DIR`` to build it (~5 min on two idle cores, more if shared).
 """
 
 from __future__ import annotations
@@ -517,7 +517,7 @@ def _n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())  # tied weights counted once
 
 
-def _save_atomic(model, tokenizer, final: Path) -> None:
+def save_model_atomic(model, tokenizer, final: Path) -> None:
     """Write the folder under a temporary name, then rename it into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
@@ -597,7 +597,7 @@ def _build_family(
         cosine=True,
         **common,
     )
-    _save_atomic(base, tokenizer, out_dir / key)
+    save_model_atomic(base, tokenizer, out_dir / key)
     entries.append(_entry(key, fam, "base", None, None, base))
     log(f"{key}: {_n_params(base):,} params, final loss {loss:.3f}")
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
@@ -618,7 +618,7 @@ def _build_family(
             cosine=False,
             **common,
         )
-        _save_atomic(model, tokenizer, out_dir / key)
+        save_model_atomic(model, tokenizer, out_dir / key)
         entries.append(_entry(key, fam, role, domain, None, model))
         log(f"{key}: final loss {loss:.3f}")
         return model
@@ -642,7 +642,7 @@ def _build_family(
             key = f"{KEY_PREFIX}/{fam.name}-interp-{a:g}"
             model = AutoModelForCausalLM.from_config(base.config)
             model.load_state_dict(interpolate(base_state, ft_state, a))
-            _save_atomic(model, tokenizer, out_dir / key)
+            save_model_atomic(model, tokenizer, out_dir / key)
             entries.append(_entry(key, fam, "interpolation", domain, a, model))
         log(f"{fam.name}: interpolation series at alphas {list(ip.alphas)}")
     if leak is not None:
@@ -693,7 +693,7 @@ def build_zoo(
     out_dir = Path(out_dir)
     spec = spec or ZooSpec.default()
     if documents is None:
-        from modelmap.corpus import load_embedded_documents
+        from modelmap.corpus.build import load_embedded_documents
 
         documents = load_embedded_documents("train")
     texts = _by_domain(documents, spec.max_chars_per_domain)
@@ -702,7 +702,7 @@ def build_zoo(
     if spec.leak is None:
         leak_texts = []
     elif leak_texts is None:
-        from modelmap.corpus import load_embedded
+        from modelmap.corpus.build import load_embedded
 
         leak_texts = [t.text for t in load_embedded(spec.leak.n_texts)]
     data_hash = _data_hash({**texts, LEAK_DOMAIN: list(leak_texts)})

@@ -71,7 +71,7 @@ class LocalDaemon:
         return list(result.run_requests or [])
 
     def _run(self, request: dg.RunRequest, out: TickLog) -> None:
-        from modelmap_assets.cli import failure_message
+        from modelmap_assets.cli.main import failure_message
 
         key = request.partition_key
         sha = request.tags.get(REVISION_TAG, "?")

@@ -18,7 +18,7 @@ Routes (the ones huggingface_hub 2.4 and transformers 5 call):
     GET  /api/models/{org}/{name}/tree/{rev}[/{path}]?recursive=
     HEAD|GET /{org}/{name}/resolve/{rev}/{path}      (Range: bytes=a-b supported)
 
-Start one with `python -m modelmap.hub_server --root DIR --port N` (or `make hub`), or in
+Start one with `python -m workshop.hub_server --root DIR --port N` (or `make hub`), or in
 Python with `HubServer(root).start()`; `publish(root, repo_id, folder)` adds or updates a repo.
 """
 
@@ -640,7 +640,7 @@ def publish_zoo(root: Path | str, zoo_dir: Path | str, org: str | None = None) -
     """
     from datetime import timedelta
 
-    from modelmap.zoo import load_registry
+    from workshop.zoo import load_registry
 
     start = datetime.now(UTC).replace(microsecond=0)
     ids = []

@@ -19,8 +19,8 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 
-from modelmap.localhttp import free_port, wait_until_up
-from modelmap.zoo import ZooModel, ZooSpec, build_zoo
+from workshop.localhttp import free_port, wait_until_up
+from workshop.zoo import ZooModel, ZooSpec, build_zoo
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -147,7 +147,7 @@ def prepare(
     """A platform in `root`: `instance_yaml` as DAGSTER_HOME's dagster.yaml, the small zoo as
     the local models, a corpus of `n_texts` materialized. `extra_env` adds or overrides
     variables (MODELMAP_PG_* for PostgreSQL, MODELMAP_MLFLOW, ...)."""
-    from modelmap_assets.cli import materialize_corpus
+    from modelmap_assets.cli.main import materialize_corpus
     from modelmap_assets.definitions import build_resources
 
     home = root / "dagster_home"

@@ -27,7 +27,7 @@ def register(instance: dg.DagsterInstance, keys: list[str]) -> list[str]:
 
 
 def build_and_register_zoo(instance: dg.DagsterInstance, small: bool, force: bool) -> list[str]:
-    from modelmap.zoo import ZooSpec, build_zoo
+    from workshop.zoo import ZooSpec, build_zoo
 
     spec = ZooSpec.small() if small else ZooSpec.default()
     models = build_zoo(cache_dir() / "zoo", spec=spec, force=force)
@@ -96,10 +96,10 @@ def demo_through_hub(
     benchmark_scores), and declarative automation refreshes coordinates, kl_table, model_map
     and the reports. Only the corpus is materialized by hand.
     """
-    from modelmap.hub_server import HubServer, publish_zoo
-    from modelmap.zoo import ZooSpec, build_zoo
+    from modelmap_assets.cli.ticks import LocalDaemon
     from modelmap_assets.definitions import defs
-    from modelmap_assets.ticks import LocalDaemon
+    from workshop.hub_server import HubServer, publish_zoo
+    from workshop.zoo import ZooSpec, build_zoo
 
     zoo_dir = cache_dir() / "zoo"
     build_zoo(zoo_dir, spec=ZooSpec.small() if small else ZooSpec.default())
@@ -107,7 +107,7 @@ def demo_through_hub(
     with HubServer(hub_root) as server:
         published = publish_zoo(hub_root, zoo_dir)
         if smollm:
-            from modelmap.smollm import build_smollm_family
+            from workshop.smollm import build_smollm_family
 
             published += publish_zoo(hub_root, build_smollm_family(cache_dir()))
         print(f"local Hub at {server.url}: published {len(published)} zoo models")
@@ -129,10 +129,10 @@ def backfill(
     """Register `keys` and launch one asset backfill of their per-model assets. The map and
     reports are not in the backfill: declarative automation refreshes them once the batch is
     scored. With `wait`, return when the backfill has ended and that refresh is done."""
-    from modelmap_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
+    from modelmap_assets.cli.backfill import BackfillError, launch_backfill, wait_for_backfill
 
     if keys == ["zoo"]:
-        from modelmap.zoo import load_registry
+        from workshop.zoo import load_registry
 
         keys = [m.key for m in load_registry(cache_dir() / "zoo")]
     new = register(instance, keys)

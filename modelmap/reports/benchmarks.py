@@ -10,7 +10,7 @@ Leaderboard v1 are recognised under their usual spellings (``ARC``, ``arc_challe
 ``Winogrande``, ``GSM8K``; other numeric columns are kept under their own names.
 
 Every score belongs to a suite: ``open_llm_v1`` (those six), ``modelmap_tasks`` (measured by
-the platform, see ``modelmap.tasks``) or ``file`` (any other column of the file). The
+the platform, see ``modelmap.reports.tasks``) or ``file`` (any other column of the file). The
 regression's "mean" targets are per suite (``mean:open_llm_v1`` is the paper's 6-task mean),
 over the models that have every benchmark of that suite.
 """

@@ -41,8 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modelmap.chunking import Document, chunk_documents
-from modelmap.scoring import OutputHead, TokenizedTexts, _score_batch, head_chunk_rows, make_batches
+from modelmap.corpus.chunking import Document, chunk_documents
+from modelmap.scoring.engine import (
+    OutputHead,
+    TokenizedTexts,
+    head_chunk_rows,
+    make_batches,
+    score_batch,
+)
 from modelmap.storage import write_text
 
 PROSE_DOMAINS = ("bible", "devil", "fortunes", "jargon", "wikipedia")
@@ -281,7 +287,7 @@ def perturbation_task(
 def default_tasks(documents: Sequence[Document] | None = None, n_items: int = 100) -> list[Task]:
     """The embedded tasks, built deterministically from the held-out documents."""
     if documents is None:
-        from modelmap.corpus import load_embedded_documents
+        from modelmap.corpus.build import load_embedded_documents
 
         documents = load_embedded_documents("heldout")
     return [
@@ -350,7 +356,7 @@ def evaluate_task(
     with torch.inference_mode():
         for batch in make_batches(lengths.tolist(), token_budget):
             members = windows[batch]
-            loglik[members[:, 0]] = _score_batch(head, tokens, members, device, chunk_rows)
+            loglik[members[:, 0]] = score_batch(head, tokens, members, device, chunk_rows)
     seconds = time.perf_counter() - t0
     if not np.isfinite(loglik).all():
         raise TaskError(f"task {task.name}: non-finite log-likelihoods")

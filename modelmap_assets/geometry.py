@@ -7,18 +7,18 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from modelmap.centering import clip_global, double_centre_into
-from modelmap.kl import (
+from modelmap.geometry.centering import clip_global, double_centre_into
+from modelmap.geometry.kl import (
     nearest_neighbours,
     neighbour_table,
     pair_table,
     two_kl_nats,
 )
-from modelmap.mapping import embed_2d, plot_map_png, write_map_html
+from modelmap.geometry.mapping import embed_2d, plot_map_png, write_map_html
 from modelmap.storage import read_parquet_metadata, write_parquet
-from modelmap_assets.likelihood import likelihood
 from modelmap_assets.metadata import png_md
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.scoring import likelihood
 from resources.mlflow import MlflowResource
 from resources.storage import StorageResource
 
