@@ -15,7 +15,9 @@ from modelmap.geometry.kl import (
     two_kl_nats,
 )
 from modelmap.geometry.mapping import embed_2d, plot_map_png, write_map_html
-from modelmap.storage import read_parquet_metadata, write_parquet
+from modelmap.likelihoods import corpus_rows, is_full
+from modelmap.likelihoods import read_metadata as read_likelihood_metadata
+from modelmap.storage import write_parquet
 from modelmap_assets.metadata import png_md
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.scoring import likelihood
@@ -43,11 +45,14 @@ def _load_models(
         if key not in scored:
             left_out.append(f"{key}: not scored (failed or not yet run)")
             continue
-        meta = read_parquet_metadata(storage.likelihood_path(key))
+        meta = read_likelihood_metadata(storage.likelihood_path(key))
         if meta.get("corpus_hash") != corpus_hash:
             left_out.append(
                 f"{key}: scored on another corpus ({meta.get('corpus_hash', '?')[:12]})"
             )
+            continue
+        if not is_full(meta):
+            left_out.append(f"{key}: scored on a text budget, not on every corpus text")
             continue
         kept.append(meta)
     return kept, left_out
@@ -110,9 +115,7 @@ def coordinates(
     out = storage.new_version_dir("coordinates")
     L = np.lib.format.open_memmap(out / "L_raw.npy", mode="w+", dtype=np.float32, shape=(K, N))
     for row, meta in enumerate(models):
-        scores = pl.read_parquet(
-            storage.likelihood_path(meta["key"]), columns=["text_id", "loglik"]
-        )
+        scores = corpus_rows(storage.likelihood_path(meta["key"]))
         if not np.array_equal(scores["text_id"].to_numpy(), text_ids):
             raise dg.Failure(
                 description=f"model {meta['key']}: its text ids differ from the corpus"

@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from modelmap.likelihoods import corpus_rows, likelihood_frame
 from modelmap.scoring.engine import ScoreResult, ScoringError
 from modelmap.scoring.loading import LoadedModel, ModelLoadError
 from modelmap.storage import InvalidModelKey, validate_model_key
@@ -58,7 +59,7 @@ CHECKS = ("text_ids_match_corpus", "all_finite", "corpus_hash_current")
 def likelihood_checks(storage: StorageResource, key: str, scored_on: str) -> list:
     """Checks of the written file against the corpus as it is now (read back from disk)."""
     corpus_df, corpus_meta = storage.read_corpus()
-    written = pl.read_parquet(storage.likelihood_path(key))
+    written = corpus_rows(storage.likelihood_path(key))
     same_ids = written["text_id"].to_list() == corpus_df["text_id"].to_list()
     n_bad = int((~np.isfinite(written["loglik"].to_numpy())).sum())
     current = corpus_meta["corpus_hash"]
@@ -112,13 +113,7 @@ def likelihood(
     except MODEL_ERRORS as exc:
         raise model_failure(key, exc) from exc
 
-    df = pl.DataFrame(
-        {
-            "text_id": texts["text_id"],
-            "loglik": result.loglik_nats,
-            "n_tokens": result.n_tokens,
-        }
-    )
+    df = likelihood_frame(texts["text_id"], result.loglik_nats, result.n_tokens)
     meta = {
         "key": key,
         "family": info.get("family"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from modelmap.likelihoods import write_likelihood_file
 from modelmap.storage import (
     filename_to_key,
     key_to_filename,
@@ -62,7 +63,8 @@ class StorageResource(dg.ConfigurableResource):
         return self.model_file("likelihood", key)
 
     def write_likelihood(self, key: str, df: pl.DataFrame, metadata: dict) -> Path:
-        return write_parquet(df, self.likelihood_path(key), metadata)
+        """One model's rows in the format of `modelmap.likelihoods` (every split in `df`)."""
+        return write_likelihood_file(self.likelihood_path(key), [df], metadata)
 
     def likelihood_keys(self) -> list[str]:
         return self.model_file_keys("likelihood")
