@@ -11,7 +11,9 @@ from modelmap.reports.benchmarks import (
     SCORE_COLUMNS,
     SUITE_TASKS,
     BenchmarkFileError,
+    ScoresFile,
     empty_scores,
+    match_models,
     primary_mean,
     targets,
 )
@@ -50,10 +52,13 @@ def benchmark_scores(
     the file does not list, its accuracy on the multiple-choice tasks, measured here."""
     key, started_at = context.partition_key, time.time()
     try:
-        published = benchmarks.published().filter(pl.col("model") == key)
+        file = benchmarks.scores_file_read()
     except BenchmarkFileError as exc:
         raise dg.Failure(description=f"model {key}: {exc}") from exc
+    published = (file.scores if file else empty_scores()).filter(pl.col("model") == key)
     parts, meta = [published], {"key": key, "n_published": published.height}
+    if file is not None:
+        meta.update(_file_match_metadata(context, file, key))
     if benchmarks.measure == "always" or (benchmarks.measure == "missing" and published.is_empty()):
         try:
             tasks = benchmarks.tasks()
@@ -110,6 +115,28 @@ def _all_scores(storage: StorageResource, keys: list[str]) -> pl.DataFrame:
         if storage.benchmark_path(k).exists()
     ]
     return pl.concat(frames) if frames else empty_scores()
+
+
+def _file_match_metadata(context: dg.AssetExecutionContext, file: ScoresFile, key: str) -> dict:
+    """Say which of the file's ids match no registered model, and which of them look like
+    this model (case, spaces, a missing organisation), so a typo is never silent."""
+    registered = context.instance.get_dynamic_partitions(models_partitions.name)
+    match = match_models(file.models, registered)
+    mine = sorted(m for m, k in match.near_misses.items() if k == key)
+    if mine:
+        context.log.warning(
+            f"{key}: the scores file has no row for {key!r} but has {mine} (ids are matched "
+            "exactly: fix the file to use its scores)"
+        )
+    if file.ignored_columns:
+        context.log.info(
+            f"{key}: scores file columns without numbers, ignored: {file.ignored_columns}"
+        )
+    return {
+        "file_models_unregistered": len(match.unmatched),
+        "file_near_misses": ", ".join(f"{m!r} -> {k}" for m, k in match.near_misses.items()),
+        "file_ignored_columns": ", ".join(file.ignored_columns),
+    }
 
 
 _deps = [coordinates, dg.AssetDep(benchmark_scores, partition_mapping=dg.AllPartitionMapping())]

@@ -53,6 +53,14 @@ def load_partition_model(
     return scorer.load(key, path, revision=sha, trust_remote_code=trust), info, path, trust
 
 
+def read_corpus_or_fail(storage: StorageResource) -> tuple[pl.DataFrame, dict]:
+    """The corpus; a missing one fails the step as the corpus's fault, not the model's."""
+    try:
+        return storage.read_corpus()
+    except FileNotFoundError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+
+
 CHECKS = ("text_ids_match_corpus", "all_finite", "corpus_hash_current")
 
 
@@ -96,8 +104,8 @@ def likelihood(
 ) -> dg.MaterializeResult:
     """Sum of token log-probabilities (nats) of each corpus text under one model."""
     key, started_at = context.partition_key, time.time()
+    texts, corpus_meta = read_corpus_or_fail(storage)
     try:
-        texts, corpus_meta = storage.read_corpus()
         loaded, info, path, trust = load_partition_model(context, scorer, model_source, hub)
         context.log.info(
             f"{key}: {loaded.n_params:,} parameters, revision {loaded.revision[:12]}, "

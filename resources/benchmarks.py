@@ -4,7 +4,7 @@ from typing import Literal
 
 import dagster as dg
 
-from modelmap.reports.benchmarks import empty_scores, read_scores_file
+from modelmap.reports.benchmarks import ScoresFile, empty_scores, read_scores
 from modelmap.reports.tasks import Task, default_tasks, read_tasks
 
 
@@ -22,7 +22,12 @@ class BenchmarkResource(dg.ConfigurableResource):
     measure: Literal["missing", "always", "never"] = "missing"
 
     def published(self):
-        return read_scores_file(self.scores_file) if self.scores_file else empty_scores()
+        file = self.scores_file_read()
+        return file.scores if file else empty_scores()
+
+    def scores_file_read(self) -> ScoresFile | None:
+        """The scores file as read (scores, its model ids, ignored columns); None without one."""
+        return read_scores(self.scores_file) if self.scores_file else None
 
     def tasks(self) -> list[Task]:
         return read_tasks(self.tasks_dir) if self.tasks_dir else default_tasks(n_items=self.n_items)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import threading
@@ -106,12 +107,38 @@ class Repo:
         self.settings: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
 
     def files(self) -> list[Path]:
-        """The repo's files (relative paths, sorted), without the settings file."""
-        return sorted(
-            p.relative_to(self.folder)
-            for p in self.folder.rglob("*")
-            if p.is_file() and p.name != SETTINGS_FILE and not p.name.startswith(".tmp")
-        )
+        """The repo's regular files (relative paths, sorted), without the settings file.
+
+        Symlinks (to files or folders) are neither listed nor followed: their content is never
+        served, so their size and hash are not published either.
+        """
+        out = []
+        for top, dirs, names in os.walk(self.folder, followlinks=False):
+            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
+            for name in names:
+                path = Path(top) / name
+                if name == SETTINGS_FILE or name.startswith(".tmp") or path.is_symlink():
+                    continue
+                if path.is_file():
+                    out.append(path.relative_to(self.folder))
+        return sorted(out)
+
+    def inside(self, path: str) -> Path | None:
+        """`path` (relative, in the repo) if it names something the repo publishes, else None:
+        absolute paths, `..`, symlinks and anything resolving outside the folder are refused."""
+        rel = Path(path)
+        if rel.is_absolute() or ".." in rel.parts or rel.name == SETTINGS_FILE:
+            return None
+        full = self.folder / rel
+        if any(
+            (self.folder / Path(*rel.parts[: i + 1])).is_symlink() for i in range(len(rel.parts))
+        ):
+            return None
+        root = self.folder.resolve()
+        resolved = full.resolve()
+        if resolved != root and root not in resolved.parents:
+            return None
+        return rel
 
     def oid(self, rel: Path) -> str:
         return self._digests.blob_sha1(self.folder / rel)
@@ -375,12 +402,21 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self._error(404, None, f"no route for {url.path}")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a cancelled download): nothing to answer
+        except Exception as exc:  # a bug or a bad request: a 500 that says so, never a hang-up
+            self.log_error("%s %s: %r", self.command, self.path, exc)
+            self._error(500, None, f"server error: {type(exc).__name__}")
 
     def _list_models(self, query: dict[str, list[str]]) -> None:
         repos = self.store.search(query, self._token())
         page_size = getattr(self.server, "page_size", DEFAULT_PAGE_SIZE)
-        limit = max(1, min(int(query.get("limit", [page_size])[0]), page_size))
-        start = int(query.get("cursor", ["0"])[0])
+        try:
+            limit = max(1, min(int(query.get("limit", [page_size])[0]), page_size))
+            start = int(query.get("cursor", ["0"])[0])
+            if start < 0:
+                raise ValueError(start)
+        except ValueError:
+            self._error(400, None, "limit and cursor must be non-negative integers")
+            return
         page = repos[start : start + limit]
         expand = [e for value in query.get("expand", []) for e in value.split(",") if e]
         full = query.get("full", ["false"])[0].lower() in ("1", "true")
@@ -422,8 +458,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if repo is None or self._check_revision(repo, revision) is None:
             return
         recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
-        prefix = Path(path) if path else None
-        if prefix is not None and not (repo.folder / prefix).is_dir():
+        prefix = repo.inside(path) if path else None
+        if path and (prefix is None or not (repo.folder / prefix).is_dir()):
             sha = repo.sha
             self._error(
                 404, "EntryNotFound", f"{path} does not exist on {revision}", {"X-Repo-Commit": sha}
@@ -462,14 +498,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         sha = self._check_revision(repo, revision)
         if sha is None:
             return
-        rel = Path(path)
-        file = (repo.folder / rel).resolve()
-        if (
-            ".." in rel.parts
-            or rel.name == SETTINGS_FILE
-            or repo.folder.resolve() not in file.parents
-            or not file.is_file()
-        ):
+        rel = repo.inside(path)
+        file = repo.folder / rel if rel is not None else None
+        if file is None or not file.is_file():
             self._error(
                 404, "EntryNotFound", f"{path} does not exist on {revision}", {"X-Repo-Commit": sha}
             )

@@ -52,38 +52,71 @@ class CorpusText:
 # ---------------------------------------------------------------- the paper's JSONL
 
 
-def load_pile_jsonl(path: str | Path, n: int | None = None) -> list[CorpusText]:
+MAX_TEXT_BYTES = 1 << 20  # a longer "text" is a document that was never chunked
+
+
+def load_pile_jsonl(
+    path: str | Path, n: int | None = None, max_text_bytes: int = MAX_TEXT_BYTES
+) -> list[CorpusText]:
     """Read the first ``n`` texts (all if None) of a ``texts-10k-pile.jsonl``-shaped file.
 
     One JSON object per line with at least ``text`` and ``pile_set_name`` (the paper's file also
     has ``pile_idx``, ``chunk_idx``, ``index``, used only for ``origin``). The lines are already
-    chunks, so nothing is re-chunked; blank lines are skipped.
+    chunks, so nothing is re-chunked; blank lines are skipped. Refused with the file and line:
+    bytes that are not UTF-8, a text that is empty, holds a lone surrogate (``"\\ud800"``),
+    is longer than ``max_text_bytes`` UTF-8 bytes, or repeats an earlier text (two equal
+    texts would be two identical coordinates of every model).
     """
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
     out: list[CorpusText] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    first_line: dict[str, int] = {}
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
             if n is not None and len(out) >= n:
                 break
+            where = f"{path}: line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise CorpusError(
+                    f"{where}: not UTF-8 ({err.reason} at byte {err.start} of the line)"
+                ) from err
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise CorpusError(f"{path}: line {lineno}: bad JSON ({err.msg})") from err
+                raise CorpusError(f"{where}: bad JSON ({err.msg})") from err
             if not isinstance(obj, dict):
-                raise CorpusError(f"{path}: line {lineno}: expected a JSON object")
+                raise CorpusError(f"{where}: expected a JSON object")
             for field in ("text", "pile_set_name"):
                 if not isinstance(obj.get(field), str):
+                    raise CorpusError(f"{where}: missing or non-string field {field!r}")
+                try:
+                    obj[field].encode("utf-8")
+                except UnicodeEncodeError as err:
                     raise CorpusError(
-                        f"{path}: line {lineno}: missing or non-string field {field!r}"
-                    )
+                        f"{where}: field {field!r} holds a lone surrogate ({err.reason} at "
+                        f"character {err.start}); it has no UTF-8 form"
+                    ) from err
+            text = obj["text"]
+            if not text.strip():
+                raise CorpusError(f"{where}: empty text")
+            n_bytes = len(text.encode("utf-8"))
+            if n_bytes > max_text_bytes:
+                raise CorpusError(
+                    f"{where}: text of {n_bytes:,} bytes, more than {max_text_bytes:,} "
+                    "(the lines must be chunks, not whole documents)"
+                )
+            if text in first_line:
+                raise CorpusError(f"{where}: the same text as line {first_line[text]}")
+            first_line[text] = lineno
             origin = f"{path.name}:{lineno}"
             if "pile_idx" in obj and "chunk_idx" in obj:
                 origin += f" pile_idx={obj['pile_idx']} chunk_idx={obj['chunk_idx']}"
-            out.append(CorpusText(obj["text"], obj["pile_set_name"], origin))
+            out.append(CorpusText(text, obj["pile_set_name"], origin))
     if n is not None and len(out) < n:
         raise CorpusError(f"{path}: asked for {n} texts but the file has only {len(out)}")
     return out

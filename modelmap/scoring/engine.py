@@ -336,6 +336,12 @@ def score_texts(
         tokens = token_cache.get(tokenizer, texts)
     else:
         tokens = TokenizedTexts.from_lists(tokenize(tokenizer, texts))
+    n_embeddings = model.get_input_embeddings().num_embeddings
+    if tokens.flat.size and int(tokens.flat.max()) >= n_embeddings:
+        raise ScoringError(
+            f"model {name}: token id {int(tokens.flat.max())} from its tokenizer is outside its "
+            f"{n_embeddings} embeddings (the tokenizer's vocabulary is larger than the model's)"
+        )
     windows = plan_all_windows(tokens.lengths, context, stride)
     lengths = windows[:, 2] - windows[:, 1]
     batches = make_batches(lengths.tolist(), token_budget)

@@ -118,6 +118,13 @@ def load_causal_lm(
     except Exception as exc:
         raise ModelLoadError(f"model {key}: cannot load it as a causal LM: {exc}") from exc
     model.to(torch_device).eval()
+    leak = causality_leak_nats(model)
+    if leak > CAUSAL_TOLERANCE_NATS[torch_dtype]:
+        raise ModelLoadError(
+            f"model {key}: not a causal LM: changing the last token of a {PROBE_TOKENS}-token "
+            f"probe moved the log-probabilities before it by up to {leak:.3g} nats (its "
+            f"attention sees later tokens; {type(model).__name__}, whatever its config says)"
+        )
     n_params = sum(p.numel() for p in model.parameters())
     return LoadedModel(
         key=key,
@@ -129,6 +136,31 @@ def load_causal_lm(
         dtype=torch_dtype,
         device=torch_device,
     )
+
+
+PROBE_TOKENS = 8
+# A causal model gives the same earlier log-probabilities to the last float rounding: 1e-5
+# nats in float32; half precision rounds the logits more coarsely.
+CAUSAL_TOLERANCE_NATS = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def causality_leak_nats(model: torch.nn.Module, n_tokens: int = PROBE_TOKENS) -> float:
+    """How much the log-probabilities at positions 0..T-2 move when token T-1 changes (nats).
+
+    Two probes of `n_tokens` ids that differ only in their last token go through the model in
+    one batch; the result is the largest absolute difference of the log-softmax over the
+    vocabulary at the earlier positions (float32). 0 for a causal LM, whatever its class or
+    config claims; a model whose attention looks ahead (BERT-style) moves them.
+    """
+    n_vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    probe = (torch.arange(n_tokens, device=device) * 7919 + 3) % max(n_vocab - 1, 1)
+    changed = probe.clone()
+    changed[-1] = (probe[-1] + 1) % n_vocab
+    with torch.inference_mode():
+        logits = model(input_ids=torch.stack([probe, changed])).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return float((logprobs[0] - logprobs[1]).abs().max())
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -154,6 +186,10 @@ def check_model_folder(key: str, folder: Path, trust_remote_code: bool) -> None:
         config = read_json(folder / "config.json")
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model {key}: unreadable config.json: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(
+            f"model {key}: config.json is not a JSON object (a {type(config).__name__}) in {folder}"
+        )
     if config.get("auto_map") and not trust_remote_code:
         raise ModelLoadError(
             f"model {key}: needs remote code (its config.json has auto_map "
