@@ -8,7 +8,12 @@ import dagster as dg
 
 from modelmap_assets.corpus import corpus
 from modelmap_assets.geometry import coordinates, kl_table, model_map
-from modelmap_assets.reports import benchmark_scores, leakage_report, regression_report
+from modelmap_assets.reports import (
+    benchmark_scores,
+    leakage_report,
+    lineage_report,
+    regression_report,
+)
 from modelmap_assets.scoring import likelihood
 from modelmap_assets.sensors import build_hub_models_sensor
 from resources.benchmarks import BenchmarkResource
@@ -20,7 +25,7 @@ from resources.storage import StorageResource
 
 # Per model (one run per `models` partition) and over all models (refreshed by automation).
 PER_MODEL = [likelihood, benchmark_scores]
-DOWNSTREAM = [coordinates, kl_table, model_map, regression_report, leakage_report]
+DOWNSTREAM = [coordinates, kl_table, model_map, regression_report, leakage_report, lineage_report]
 ASSETS = [corpus, *PER_MODEL, *DOWNSTREAM]
 
 

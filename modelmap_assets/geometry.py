@@ -132,6 +132,8 @@ def coordinates(
             "row": np.arange(K),
             "key": [m["key"] for m in models],
             "family": [m.get("family") or m["key"].split("/")[0] for m in models],
+            # Declared base models (card data or zoo registry), comma-separated; "" for none.
+            "base_models": [",".join(m.get("base_models") or []) for m in models],
             "revision": [m.get("revision") for m in models],
             "mean_loglik_nats": np.asarray(L).mean(axis=1),
             "n_params": [m.get("n_params") for m in models],

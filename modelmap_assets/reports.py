@@ -5,8 +5,9 @@ import time
 import dagster as dg
 import numpy as np
 import polars as pl
+from pydantic import Field
 
-from modelmap.reports import leakage, regression
+from modelmap.reports import leakage, lineage, regression
 from modelmap.reports.benchmarks import (
     SCORE_COLUMNS,
     SUITE_TASKS,
@@ -20,7 +21,7 @@ from modelmap.reports.benchmarks import (
 from modelmap.reports.predictor import ScorePredictor
 from modelmap.reports.tasks import TaskError, evaluate_tasks, tasks_hash
 from modelmap.scoring.engine import default_token_budget
-from modelmap.storage import write_parquet
+from modelmap.storage import write_parquet, write_text
 from modelmap_assets.geometry import coordinates, read_coordinates, refresh
 from modelmap_assets.metadata import md_table, png_md
 from modelmap_assets.partitions import models_partitions
@@ -285,6 +286,114 @@ def leakage_report(
             "z_threshold": config.z_threshold,
             "highest_z": dg.MetadataValue.md(md_table(top)),
             "plot": dg.MetadataValue.md(png_md(png, "leakage screen")),
+            "path": dg.MetadataValue.path(str(out)),
+        }
+    )
+
+
+class LineageConfig(dg.Config):
+    band_bits_per_byte: float | None = Field(
+        default=None,
+        description="fine-tune band: the largest 2KL (bits/byte) between a fine-tune and its "
+        "base; null: measured on the map from the declared pairs it supports",
+    )
+    neighbours: int = Field(
+        default=lineage.DEFAULT_NEIGHBOURS,
+        description="nearest models listed per model; the declared base is ranked among them",
+    )
+
+
+def declared_bases(index: pl.DataFrame) -> dict[str, list[str]]:
+    """Model key -> declared base models, from the map's model index (card or registry)."""
+    if "base_models" not in index.columns:
+        return {}
+    return {
+        k: [b for b in (v or "").split(",") if b]
+        for k, v in zip(index["key"], index["base_models"], strict=True)
+    }
+
+
+@dg.asset(deps=[coordinates], automation_condition=refresh, kinds={"numpy"}, group_name="modelmap")
+def lineage_report(
+    context: dg.AssetExecutionContext,
+    config: LineageConfig,
+    storage: StorageResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Is each model's declared base model (card `base_model:`) the one the map shows?
+
+    Per model: the declared base's rank among its nearest models and the 2KL to it, its nearest
+    model, and a verdict (confirmed, declared base far, undeclared relative, base not scored,
+    ...; the rule is in `modelmap.reports.lineage`), with a short text for each flagged model.
+    """
+    index, Q, info = read_coordinates(storage)
+    keys = index["key"].to_list()
+    report = lineage.check_lineage(
+        Q,
+        keys,
+        declared_bases(index),
+        info["mean_bytes"],
+        band_bits_per_byte=config.band_bits_per_byte,
+        neighbours=config.neighbours,
+    )
+    out = storage.asset_dir("lineage_report")
+    meta = {
+        "corpus_hash": info["corpus_hash"],
+        "band_bits_per_byte": report.band_bits_per_byte,
+        "band_source": report.band_source,
+    }
+    write_parquet(report.table, out / "lineage.parquet", meta)
+    write_parquet(report.pairs, out / "declared_pairs.parquet", meta)
+    png = lineage.lineage_png(report, out / "lineage.png")
+    findings = "\n\n".join(
+        f"{k}: {report.table.filter(pl.col('model') == k)['verdict'][0]}. {report.texts[k]}"
+        for k in report.flagged
+    )
+    write_text((findings or "No model flagged.") + "\n", out / "findings.txt")
+    for key in report.flagged:
+        context.log.warning(f"lineage: {report.texts[key]}")
+    counts = report.table.group_by("verdict").len().sort("verdict")
+    verdicts = dict(zip(counts["verdict"].to_list(), counts["len"].to_list(), strict=True))
+    mlflow.log_run(
+        "lineage_report",
+        params={"K": len(keys), **meta},
+        metrics={"n_flagged": len(report.flagged), "band_bits_per_byte": report.band_bits_per_byte},
+        tags={"modelmap.asset": "lineage_report", "flagged": ",".join(report.flagged)[:5000]},
+        artifacts={
+            "report": [
+                png,
+                out / "lineage.parquet",
+                out / "declared_pairs.parquet",
+                out / "findings.txt",
+            ]
+        },
+        context=context,
+    )
+    shown = report.table.select(
+        "model",
+        "declared_base",
+        "verdict",
+        "declared_base_rank",
+        "two_kl_bits_per_byte",
+        "two_kl_bits_per_byte_low",
+        "two_kl_bits_per_byte_high",
+        "nearest",
+        "nearest_two_kl_bits_per_byte",
+    ).sort("verdict", "model")
+    return dg.MaterializeResult(
+        metadata={
+            "K": len(keys),
+            "flagged": dg.MetadataValue.json(report.flagged),
+            "n_flagged": len(report.flagged),
+            "verdicts": dg.MetadataValue.json(verdicts),
+            "band_bits_per_byte": report.band_bits_per_byte,
+            "band_source": report.band_source,
+            "findings": dg.MetadataValue.md(
+                "\n\n".join(f"**{k}**: {report.texts[k]}" for k in report.flagged)
+                or "No model flagged."
+            ),
+            "table": dg.MetadataValue.md(md_table(shown)),
+            "plot": dg.MetadataValue.md(png_md(png, "lineage check")),
             "path": dg.MetadataValue.path(str(out)),
         }
     )

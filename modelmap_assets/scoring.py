@@ -49,7 +49,8 @@ def load_partition_model(
     path, sha = info["path"], None
     trust = hub.trusts_remote_code(key)
     if path is None:
-        path, sha, info["family"] = hub.fetch(key, context.run.tags.get(REVISION_TAG))
+        path, sha, card = hub.fetch(key, context.run.tags.get(REVISION_TAG))
+        info.update(card)
     return scorer.load(key, path, revision=sha, trust_remote_code=trust), info, path, trust
 
 
@@ -59,6 +60,13 @@ def read_corpus_or_fail(storage: StorageResource) -> tuple[pl.DataFrame, dict]:
         return storage.read_corpus()
     except FileNotFoundError as exc:
         raise dg.Failure(description=str(exc)) from exc
+
+
+def _base_models(info: dict) -> list[str]:
+    """Declared base models: the Hub card's (a list) or a local registry's `base_model`."""
+    if info.get("base_models") is not None:
+        return list(info["base_models"])
+    return [info["base_model"]] if info.get("base_model") else []
 
 
 CHECKS = ("text_ids_match_corpus", "all_finite", "corpus_hash_current")
@@ -125,6 +133,7 @@ def likelihood(
     meta = {
         "key": key,
         "family": info.get("family"),
+        "base_models": _base_models(info),
         "revision": loaded.revision,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": str(loaded.device),

@@ -3,7 +3,8 @@
 Each tick lists the Hub newest first and takes what lies past the cursor:
 
 1. **New models** (by `createdAt`): a model not yet a partition is added to `models` and one
-   run is requested for it, pinned to the sha the listing showed.
+   run is requested for it, pinned to the sha the listing showed, tagged with the base models
+   its card declares (`modelmap/base_model`; the run records them in its metadata).
 2. **Updated models** (by `lastModified`): a known model whose sha differs from the one it was
    last scored at (and not already requested) is scored again.
 
@@ -25,8 +26,8 @@ import dagster as dg
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.reports import benchmark_scores
 from modelmap_assets.scoring import likelihood
-from modelmap_assets.tags import REVISION_TAG, SOURCE_TAG
-from resources.hub import HubResource
+from modelmap_assets.tags import BASE_MODEL_TAG, REVISION_TAG, SOURCE_TAG
+from resources.hub import HubResource, declared_bases
 
 
 @dataclass
@@ -102,12 +103,11 @@ def already_requested(instance: dg.DagsterInstance, key: str, sha: str) -> bool:
     return bool(runs)
 
 
-def run_request(repo_id: str, sha: str, reason: str) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=f"{repo_id}@{sha}",
-        partition_key=repo_id,
-        tags={REVISION_TAG: sha, SOURCE_TAG: reason},
-    )
+def run_request(repo_id: str, sha: str, reason: str, bases: list[str] = ()) -> dg.RunRequest:
+    tags = {REVISION_TAG: sha, SOURCE_TAG: reason}
+    if bases:
+        tags[BASE_MODEL_TAG] = ",".join(bases)[:1000]
+    return dg.RunRequest(run_key=f"{repo_id}@{sha}", partition_key=repo_id, tags=tags)
 
 
 def evaluate_hub(
@@ -133,7 +133,7 @@ def evaluate_hub(
                 continue  # neither taken nor after it: the next tick starts here
             else:
                 new_keys.append(m.id)
-                requests.append(run_request(m.id, m.sha, "hub-new"))
+                requests.append(run_request(m.id, m.sha, "hub-new", declared_bases(m)))
         if delayed:
             continue
         cursor.created.take(m.created_at, m.id)
@@ -146,7 +146,7 @@ def evaluate_hub(
                     if len(requests) >= cap:
                         delayed += 1
                         break
-                    requests.append(run_request(m.id, m.sha, "hub-update"))
+                    requests.append(run_request(m.id, m.sha, "hub-update", declared_bases(m)))
             cursor.modified.take(m.last_modified, m.id)
 
     if refused:

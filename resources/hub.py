@@ -27,6 +27,7 @@ LIST_EXPAND = [
     "tags",
     "pipeline_tag",
     "library_name",
+    "cardData",  # the card's `base_model:` (the Hub does not list `baseModels`)
 ]
 
 
@@ -145,11 +146,13 @@ class HubResource(dg.ConfigurableResource):
             return None
         return int(sum(meta.parameter_count.values()))
 
-    def fetch(self, repo_id: str, revision: str | None = None) -> tuple[Path, str, str]:
+    def fetch(self, repo_id: str, revision: str | None = None) -> tuple[Path, str, dict]:
         """Download what scoring needs of `repo_id` at `revision` (the sha the sensor saw).
 
         Checks access, weights and size before the weights are downloaded. Returns
-        (snapshot folder, sha, family). Raises `ModelLoadError` naming the model and the cause.
+        (snapshot folder, sha, card) where card is {"family", "base_models"} read from the
+        repo's tags and card data at that sha. Raises `ModelLoadError` naming the model and
+        the cause.
         """
         from huggingface_hub import snapshot_download
 
@@ -180,7 +183,42 @@ class HubResource(dg.ConfigurableResource):
             raise
         except Exception as exc:  # the client's typed errors, worded for the UI
             raise ModelLoadError(f"model {repo_id}: {hub_error_message(exc, revision)}") from exc
-        return Path(folder), info.sha, family_from_tags(repo_id, info.tags or [])
+        card = {
+            "family": family_from_tags(repo_id, info.tags or []),
+            "base_models": declared_bases(info),
+        }
+        return Path(folder), info.sha, card
+
+
+def declared_bases(info) -> list[str]:
+    """The base models a Hub model declares, from a huggingface_hub `ModelInfo`.
+
+    In order, without repeats: the card's `base_model` (a string or a list), the API's
+    `baseModels` (`{"relation": "finetune", "models": [{"id": ...}]}`, returned by
+    `model_info(..., expand=["baseModels"])`), and `base_model:[relation:]<id>` tags, which
+    the Hub derives from the card.
+    """
+    found: list[str] = []
+
+    def add(value) -> None:
+        if isinstance(value, str) and value.strip() and value.strip() not in found:
+            found.append(value.strip())
+
+    card = getattr(info, "card_data", None)
+    declared = card.get("base_model") if card is not None else None
+    for value in declared if isinstance(declared, list) else [declared]:
+        add(value)
+    api = getattr(info, "base_models", None)
+    if isinstance(api, dict):
+        for model in api.get("models") or []:
+            add(model.get("id") if isinstance(model, dict) else model)
+    elif isinstance(api, list):
+        for model in api:
+            add(model.get("id") if isinstance(model, dict) else model)
+    for tag in getattr(info, "tags", None) or []:
+        if tag.startswith("base_model:"):
+            add(tag.removeprefix("base_model:").split(":")[-1])
+    return found
 
 
 def family_from_tags(repo_id: str, tags: list[str]) -> str:

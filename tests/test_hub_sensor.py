@@ -134,3 +134,15 @@ def test_definitions_load_with_the_sensor():
     repo = defs.get_repository_def()
     assert repo.get_sensor_def("hub_models_sensor")
     assert "hub" in repo.get_top_level_resources()
+
+
+def test_run_requests_carry_the_declared_base(hub, tiny_model):
+    from modelmap_assets.tags import BASE_MODEL_TAG
+
+    publish_at(hub, tiny_model, "org/base", hours_ago=2)
+    publish_at(hub, tiny_model, "org/child", hours_ago=1, base_model="org/base")
+    with dg.instance_for_test() as instance:
+        result = tick(instance, hub)
+    tags = {r.partition_key: r.tags for r in result.run_requests}
+    assert BASE_MODEL_TAG not in tags["org/base"]
+    assert tags["org/child"][BASE_MODEL_TAG] == "org/base"

@@ -150,3 +150,30 @@ def test_publish_zoo_from_its_registry(hub, tiny_model, tmp_path):
     assert publish_zoo(hub.store.root, zoo) == ["zoo/a", "zoo/b"]
     listed = HfApi(endpoint=hub.url, token=False).list_models(sort="created_at")
     assert [m.id for m in listed] == ["zoo/b", "zoo/a"]
+
+
+def test_declared_base_model_as_the_hub_serves_it(hub, tiny_model, tmp_path):
+    from resources.hub import HubResource, declared_bases
+
+    publish(hub.store.root, "org/base", tiny_model)
+    publish(hub.store.root, "org/child", tiny_model, base_model="org/base")
+    publish(hub.store.root, "org/merge", tiny_model, base_model=["org/base", "other/gone"])
+    api = HfApi(endpoint=hub.url, token=False)
+    info = api.model_info("org/child")
+    assert info.card_data.base_model == "org/base"
+    assert {"base_model:org/base", "base_model:finetune:org/base"} <= set(info.tags)
+    assert declared_bases(info) == ["org/base"]
+    expanded = api.model_info("org/merge", expand=["baseModels"])
+    assert expanded.base_models["relation"] == "finetune"
+    assert [m["id"] for m in expanded.base_models["models"]] == ["org/base", "other/gone"]
+    assert declared_bases(expanded) == ["org/base", "other/gone"]
+    assert declared_bases(api.model_info("org/base")) == []
+    listed = {m.id: declared_bases(m) for m in api.list_models(expand=["cardData", "tags"])}
+    assert listed == {
+        "org/base": [],
+        "org/child": ["org/base"],
+        "org/merge": ["org/base", "other/gone"],
+    }
+    _, _, card = HubResource(endpoint=hub.url, cache_dir=str(tmp_path / "c")).fetch("org/merge")
+    # The family label comes from the same card (never evidence for the lineage check).
+    assert card == {"family": "org/base", "base_models": ["org/base", "other/gone"]}

@@ -11,6 +11,13 @@ import pytest
 from modelmap.geometry.kl import two_kl_nats
 from modelmap_assets.cli.main import materialize_all
 from modelmap_assets.definitions import build_resources, defs
+from workshop.zoo import declared_base
+
+PLANTED_BASES = {
+    "zoo/gpt2-ft-bible": "zoo/llama-base",  # wrong: a GPT-2 fine-tune declaring the Llama base
+    "zoo/neox-ft-fortunes": None,  # missing
+    "zoo/neox-base": "EleutherAI/pythia-14m",  # a base that is not on the map
+}
 
 
 def test_definitions_load():
@@ -25,6 +32,7 @@ def test_definitions_load():
         "benchmark_scores",
         "regression_report",
         "leakage_report",
+        "lineage_report",
     }
     for name in ("likelihood", "benchmark_scores"):
         assert defs.get_assets_def(name).partitions_def.name == "models"
@@ -43,7 +51,13 @@ def pipeline(zoo, tmp_path_factory):
     broken = tmp / "cache" / "zoo" / "broken" / "truncated"
     shutil.copytree(folder / models[0].path, broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    shutil.copy(folder / "zoo.json", tmp / "cache" / "zoo" / "zoo.json")
+    # Declared bases as the zoo registers them, with three planted mistakes for lineage_report:
+    # a wrong declaration, a missing one, and a base that is not on the map.
+    registry = json.loads((folder / "zoo.json").read_text())
+    for entry in registry["models"]:
+        entry["base_model"] = declared_base(entry["family"], entry["role"])
+        entry["base_model"] = PLANTED_BASES.get(entry["key"], entry["base_model"])
+    (tmp / "cache" / "zoo" / "zoo.json").write_text(json.dumps(registry))
     for m in models:  # registry paths are relative: link the trained folders in
         target = tmp / "cache" / "zoo" / m.path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +182,23 @@ def test_leakage_report_flags_the_planted_model_and_no_other(pipeline):
     assert event.asset_materialization.metadata["flagged"].value == ["zoo/llama-leaked"]
 
 
+def test_lineage_report_flags_the_planted_declarations_and_no_other(pipeline):
+    table = pl.read_parquet(pipeline["root"] / "lineage_report" / "lineage.parquet")
+    verdicts = dict(zip(table["model"], table["verdict"], strict=True))
+    flagged = sorted(table.filter(pl.col("flagged"))["model"])
+    assert flagged == ["zoo/gpt2-ft-bible", "zoo/neox-ft-fortunes"], verdicts
+    assert verdicts["zoo/gpt2-ft-bible"] == "declared base far"
+    assert verdicts["zoo/neox-ft-fortunes"] == "undeclared relative"
+    assert verdicts["zoo/neox-base"] == "base not scored"
+    gpt2 = table.filter(pl.col("model") == "zoo/gpt2-ft-bible").row(0, named=True)
+    assert gpt2["suggested_base"] == "zoo/gpt2-base"
+    for m in pipeline["models"]:
+        if m.role in ("finetune", "interpolation") and m.key not in PLANTED_BASES:
+            assert verdicts[m.key] == "confirmed", (m.key, verdicts[m.key])
+    findings = (pipeline["root"] / "lineage_report" / "findings.txt").read_text()
+    assert "zoo/gpt2-base" in findings and "zoo/neox-base" in findings
+
+
 def test_regression_report_has_every_target_cv_and_baseline(pipeline):
     folder = next((pipeline["root"] / "regression_report").glob("v-*"))
     table = pl.read_parquet(folder / "table.parquet")
@@ -228,6 +259,7 @@ def test_mlflow_records_runs_metrics_artifacts_and_a_loadable_predictor(pipeline
     assert "neighbours.parquet" in artifacts("kl_table", "kl_table")
     assert {"scatter.png", "table.parquet"} <= artifacts("regression_report", "report")
     assert "leakage.png" in artifacts("leakage_report", "report")
+    assert {"lineage.png", "findings.txt"} <= artifacts("lineage_report", "report")
     (report_run,) = by_asset["regression_report"]
     assert any(k.startswith("pearson_r/") for k in report_run.data.metrics)
 

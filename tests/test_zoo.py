@@ -58,6 +58,7 @@ def test_registry(small_zoo):
         assert (m.domain is None) == (m.role == "base")
         assert (m.alpha is None) == (m.role != "interpolation")
         assert m.n_params > 0 and m.vocab_size > 0 and m.context_length > 0
+        assert m.base_model == (None if m.role == "base" else f"zoo/{m.family}-base")
     assert {m.architecture for m in models} == {"gpt2", "llama"}
     # Each family has its own context length.
     ctx = {m.family: m.context_length for m in models}
@@ -137,6 +138,13 @@ def test_cache_skips_retraining(small_zoo, monkeypatch):
     again = build_zoo(out, _documents(), ZooSpec.small(), log=lambda s: None)
     assert again == models
     assert stamp == {m.key: (out / m.path / "model.safetensors").stat().st_mtime_ns for m in models}
+    # A registry written before declared bases gets them on load, without retraining.
+    data = json.loads((out / "zoo.json").read_text())
+    for entry in data["models"]:
+        del entry["base_model"]
+    (out / "zoo.json").write_text(json.dumps(data))
+    assert build_zoo(out, _documents(), ZooSpec.small(), log=lambda s: None) == models
+    assert load_registry(out) == models
     # Different training text: the cache does not apply.
     with pytest.raises(AssertionError, match="retrained"):
         build_zoo(out, _documents()[:-3], ZooSpec.small(), log=lambda s: None)

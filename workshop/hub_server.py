@@ -5,7 +5,13 @@ The folder holds one repo per `<root>/<org>/<name>/`, an ordinary model folder p
 
     {"createdAt": "2025-01-01T00:00:00.000Z", "gated": false | "auto" | "manual",
      "private": false, "tokens": ["hf_..."], "tags": [...], "pipeline_tag": "text-generation",
-     "library_name": "transformers"}
+     "library_name": "transformers", "base_model": "org/base" | ["org/a", "org/b"]}
+
+A declared `base_model` is served as the Hub does: in the card data (`cardData.base_model`,
+with the full model info and with `expand=cardData`), as `base_model:<id>` and
+`base_model:finetune:<id>` tags, and as `baseModels` ({"relation": "finetune", "models":
+[{"_id", "id"}]}) when `/api/models/{id}` is asked `expand=baseModels` (the Hub's listing
+refuses that property, so the listing leaves it out).
 
 `tokens` are the tokens allowed into a gated or private repo. A repo's sha is a hash of its id
 and its files, so it changes whenever a file changes; its `lastModified` is its newest file's
@@ -181,8 +187,17 @@ class Repo:
         except ValueError:
             return None
 
+    @property
+    def base_models(self) -> list[str]:
+        declared = self.settings.get("base_model")
+        if not declared:
+            return []
+        return [declared] if isinstance(declared, str) else list(declared)
+
     def tags(self) -> list[str]:
         tags = list(self.settings.get("tags", []))
+        for base in self.base_models:  # the Hub derives these from the card
+            tags += [f"base_model:{base}", f"base_model:finetune:{base}"]
         for tag in (self.library_name, self.pipeline_tag):
             if tag and tag not in tags:
                 tags.append(tag)
@@ -221,8 +236,10 @@ class Repo:
         }
         if full:
             config = self.config()
+            card = {"base_model": self.settings["base_model"]} if self.base_models else {}
             out.update(
                 {
+                    "cardData": card,
                     "sha": self.sha,
                     "lastModified": self.last_modified,
                     "siblings": [{"rfilename": rel.as_posix()} for rel in self.files()],
@@ -449,6 +466,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if n_params is not None:
             info["safetensors"] = {"parameters": n_params, "total": sum(n_params.values())}
         expand = [e for value in query.get("expand", []) for e in value.split(",") if e]
+        if "baseModels" in expand and repo.base_models:
+            info["baseModels"] = {
+                "relation": "finetune",
+                "models": [
+                    {"_id": hashlib.sha1(b.encode()).hexdigest()[:24], "id": b}
+                    for b in repo.base_models
+                ],
+            }
         if expand:
             info = {"_id": info["_id"], "id": info["id"]} | {k: info.get(k) for k in expand}
         self._json(200, info)
@@ -683,9 +708,17 @@ def publish_zoo(root: Path | str, zoo_dir: Path | str, org: str | None = None) -
             model.local_path(zoo_dir),
             created_at=start + timedelta(seconds=i),
             tags=[f"family:{model.family}", f"role:{model.role}"],
+            base_model=_renamed(model.base_model, org),
         )
         ids.append(repo_id)
     return ids
+
+
+def _renamed(key: str | None, org: str | None) -> str | None:
+    """A zoo key under the organisation the zoo is published as."""
+    if key is None or org is None:
+        return key
+    return f"{org}/{key.split('/', 1)[1]}"
 
 
 def main(argv: list[str] | None = None) -> None:

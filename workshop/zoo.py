@@ -196,6 +196,9 @@ class ZooModel:
     n_params: int
     context_length: int
     vocab_size: int
+    # The base model its card declares (Hub `base_model:`): the family's base for every
+    # derived model, None for a base. Registries written before this field get it on load.
+    base_model: str | None = None
 
     def local_path(self, out_dir: Path | str) -> Path:
         return Path(out_dir) / self.path
@@ -534,6 +537,11 @@ def save_model_atomic(model, tokenizer, final: Path) -> None:
 # Building and the registry
 
 
+def declared_base(family: str, role: str) -> str | None:
+    """The base model a zoo model declares: its family's base, unless it is that base."""
+    return None if role == "base" else f"{KEY_PREFIX}/{family}-base"
+
+
 def _entry(
     key: str, family: FamilySpec, role: str, domain: str | None, alpha: float | None, model
 ) -> ZooModel:
@@ -548,6 +556,7 @@ def _entry(
         n_params=_n_params(model),
         context_length=family.context_length,
         vocab_size=model.config.vocab_size,
+        base_model=declared_base(family.name, role),
     )
 
 
@@ -671,7 +680,20 @@ def _cached(out_dir: Path, build_hash: str) -> list[ZooModel] | None:
         return None
     if not all((m.local_path(out_dir) / "config.json").exists() for m in models):
         return None
+    if any("base_model" not in m for m in data["models"]):
+        # A registry from before declared bases: add them (the models are unchanged).
+        models = [
+            dataclasses.replace(m, base_model=declared_base(m.family, m.role)) for m in models
+        ]
+        data["models"] = [dataclasses.asdict(m) for m in models]
+        _write_registry(out_dir, data)
     return models
+
+
+def _write_registry(out_dir: Path, registry: dict) -> None:
+    tmp = out_dir / f".{REGISTRY_NAME}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(registry, indent=1) + "\n")
+    os.replace(tmp, out_dir / REGISTRY_NAME)
 
 
 def build_zoo(
@@ -743,9 +765,7 @@ def build_zoo(
         "build_seconds": round(seconds, 1),
         "models": [dataclasses.asdict(e) for e in entries],
     }
-    tmp = out_dir / f".{REGISTRY_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(registry, indent=1) + "\n")
-    os.replace(tmp, out_dir / REGISTRY_NAME)
+    _write_registry(out_dir, registry)
     log(f"zoo: {len(entries)} models in {seconds:.1f}s -> {out_dir / REGISTRY_NAME}")
     return entries
 

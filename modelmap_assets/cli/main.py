@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"KL neighbours:  {root / 'kl_table' / 'neighbours.parquet'}")
     print(f"regression:     {root / 'regression_report'} (scatter.png, table.parquet)")
     print(f"leakage:        {root / 'leakage_report' / 'leakage.png'}")
+    print(f"lineage:        {root / 'lineage_report' / 'findings.txt'} (lineage.png)")
     print("MLflow:         make mlflow  (runs, artifacts, the registered predictor)")
     return 0
 

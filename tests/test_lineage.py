@@ -1,0 +1,104 @@
+"""Lineage check on a synthetic map with a known genealogy (fast tier)."""
+
+import numpy as np
+import pytest
+
+from modelmap.geometry.centering import double_centre
+from modelmap.reports.lineage import (
+    BASE_NOT_SCORED,
+    CONFIRMED,
+    DECLARED_BASE_FAR,
+    NO_DECLARATION,
+    UNDECLARED_RELATIVE,
+    check_lineage,
+    lineage_png,
+    measured_band,
+)
+
+MEAN_BYTES = 1000.0
+
+
+def synthetic_map(seed: int = 0, n_texts: int = 400):
+    """Three families: a base far from the others, three fine-tunes close to their base."""
+    rng = np.random.default_rng(seed)
+    keys, rows, declared = [], [], {}
+    for fam in ("a", "b", "c"):
+        base = rng.normal(scale=3.0, size=n_texts)
+        keys.append(f"{fam}/base")
+        rows.append(base)
+        for n in range(3):
+            key = f"{fam}/ft{n}"
+            keys.append(key)
+            rows.append(base + rng.normal(scale=0.3, size=n_texts))
+            declared[key] = [f"{fam}/base"]
+    L = np.stack(rows) - 300.0
+    return double_centre(L), keys, declared
+
+
+def test_correct_declarations_are_confirmed_and_nothing_is_flagged():
+    Q, keys, declared = synthetic_map()
+    rep = check_lineage(Q, keys, declared, MEAN_BYTES)
+    assert rep.flagged == []
+    verdicts = dict(zip(rep.table["model"], rep.table["verdict"], strict=True))
+    assert {verdicts[k] for k in declared} == {CONFIRMED}
+    assert {verdicts[f"{f}/base"] for f in "abc"} == {NO_DECLARATION}
+    assert rep.band_source == "measured"
+    ft = rep.table.filter(rep.table["model"] == "a/ft0").row(0, named=True)
+    assert ft["declared_base_rank"] == 1
+
+
+def test_wrong_and_missing_declarations_are_the_only_flags():
+    Q, keys, declared = synthetic_map()
+    declared = {**declared, "a/ft0": ["b/base"]}  # wrong
+    del declared["c/ft2"]  # missing
+    rep = check_lineage(Q, keys, declared, MEAN_BYTES)
+    assert sorted(rep.flagged) == ["a/ft0", "c/ft2"]
+    verdicts = dict(zip(rep.table["model"], rep.table["verdict"], strict=True))
+    assert verdicts["a/ft0"] == DECLARED_BASE_FAR
+    assert verdicts["c/ft2"] == UNDECLARED_RELATIVE
+    row = rep.table.filter(rep.table["model"] == "a/ft0").row(0, named=True)
+    assert row["suggested_base"] == "a/base"
+    assert "b/base" in rep.texts["a/ft0"] and "a/base" in rep.texts["a/ft0"]
+    assert "c/base" in rep.texts["c/ft2"]
+
+
+def test_a_base_not_on_the_map_is_reported_not_raised():
+    Q, keys, declared = synthetic_map()
+    declared = {**declared, "a/base": ["elsewhere/not-scored"]}
+    rep = check_lineage(Q, keys, declared, MEAN_BYTES)
+    row = rep.table.filter(rep.table["model"] == "a/base").row(0, named=True)
+    assert row["verdict"] == BASE_NOT_SCORED and not row["flagged"]
+    assert rep.flagged == []
+    missing = rep.pairs.filter(~rep.pairs["on_map"])
+    assert missing["declared_base"].to_list() == ["elsewhere/not-scored"]
+
+
+def test_configured_band_and_interval_seam():
+    Q, keys, declared = synthetic_map()
+
+    def interval(Q, a, b):
+        est = np.array([np.sum((Q[i] - Q[j]) ** 2) / Q.shape[1] for i, j in zip(a, b, strict=True)])
+        return 0.9 * est, 1.1 * est
+
+    rep = check_lineage(Q, keys, declared, MEAN_BYTES, band_bits_per_byte=1.0, interval=interval)
+    assert rep.band_source == "configured" and rep.band_bits_per_byte == 1.0
+    row = rep.table.filter(rep.table["model"] == "b/ft1").row(0, named=True)
+    assert row["two_kl_nats_low"] == pytest.approx(0.9 * row["two_kl_nats"])
+    assert row["two_kl_bits_per_byte_high"] == pytest.approx(1.1 * row["two_kl_bits_per_byte"])
+
+
+def test_measured_band_lies_between_fine_tunes_and_families():
+    Q, keys, declared = synthetic_map()
+    band = measured_band(Q, keys, declared, MEAN_BYTES)
+    rep = check_lineage(Q, keys, declared, MEAN_BYTES)
+    ft = rep.pairs["two_kl_bits_per_byte"].max()
+    assert ft < band
+    first = rep.table.filter(rep.table["model"].str.ends_with("base"))
+    assert band < first["nearest_two_kl_bits_per_byte"].min() * 10  # not absurdly wide
+
+
+def test_lineage_png(tmp_path):
+    Q, keys, declared = synthetic_map()
+    rep = check_lineage(Q, keys, {**declared, "a/ft0": ["b/base"]}, MEAN_BYTES)
+    out = lineage_png(rep, tmp_path / "lineage.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
