@@ -81,3 +81,21 @@ def test_leakage_png(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["leakage.png"]
     plain = leakage_png(rep, tmp_path / "plain.png")
     assert plain.stat().st_size > 1000
+
+
+def test_sampled_theil_sen_matches_the_exact_one(monkeypatch):
+    from scipy.stats import theilslopes
+
+    from modelmap.reports import leakage
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(20, 80, 3000)
+    y = -1.5 + 0.01 * x + rng.normal(0, 0.05, 3000)
+    y[:600] += 2.0  # 20% leaked models: below the breakdown point, the line holds
+    exact = theilslopes(y, x)
+    monkeypatch.setattr(leakage, "MAX_EXACT_MODELS", 100)
+    monkeypatch.setattr(leakage, "SAMPLED_PAIRS", 200_000)
+    slope, intercept = leakage.theil_sen(y, x)
+    assert slope == pytest.approx(exact.slope, abs=2e-3)
+    assert intercept == pytest.approx(np.median(y) - slope * np.median(x))
+    assert slope == pytest.approx(0.01, abs=3e-3)

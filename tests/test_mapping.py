@@ -122,3 +122,70 @@ def test_inputs_checked(tmp_path):
     with pytest.raises(ValueError):
         write_map_html(np.zeros((2, 2)), ["a", "b"], None, tmp_path / "x.html", {"e": [1]})
     assert list(tmp_path.iterdir()) == []
+
+
+def _families(K: int, N: int = 60, n_fam: int = 6, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    fam = rng.normal(0, 3, size=(n_fam, N))
+    L = rng.normal(-300, 20, size=(K, 1)) + fam[np.arange(K) % n_fam]
+    return (L + rng.normal(0, 1, size=(K, N))).astype(np.float32)
+
+
+def test_align_to_undoes_a_rotation_flip_and_shift():
+    from modelmap.geometry.mapping import align_to
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(30, 2))
+    angle = 1.1
+    R = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = (ref * [1, -1]) @ R + [5.0, -3.0]
+    np.testing.assert_allclose(align_to(moved, ref), ref, atol=1e-9)
+    # Aligning on a subset moves every row by the same rigid motion.
+    np.testing.assert_allclose(align_to(moved, ref[:10], np.arange(10)), ref, atol=1e-9)
+
+
+def test_new_model_placed_among_its_family_without_moving_the_map():
+    from modelmap.geometry.mapping import place_on_map
+    from modelmap.geometry.placement import Centring, two_kl_to_rows
+
+    L = _families(60)
+    c = Centring().fit(L)
+    Q = c.transform(L)
+    xy, _ = embed_2d(Q)
+    before = xy.copy()
+    new = _families(66)[60:]  # the next model of each family
+    pos = place_on_map(xy, two_kl_to_rows(Q, c.transform(new)))
+    np.testing.assert_array_equal(xy, before)
+    fam = np.arange(60) % 6
+    for f in range(6):
+        nearest = np.argsort(np.linalg.norm(xy - pos[f], axis=1))[:5]
+        assert (fam[nearest] == f).all()
+
+
+def test_stable_re_embedding_keeps_points_and_neighbourhoods():
+    from modelmap.geometry.kl import nearest_neighbours
+    from modelmap.geometry.mapping import embed_stable
+    from modelmap.geometry.placement import Centring
+    from modelmap.geometry.stability import displacement_frac, knn_preservation
+
+    L = _families(101)
+    old = Centring().fit(L[:100])
+    xy_old, _ = embed_2d(old.transform(L[:100]))
+    Q = Centring().fit(L).transform(L)
+    xy = embed_stable(Q, xy_old, np.arange(100), seed=1)
+    assert displacement_frac(xy_old, xy[:100]) < 0.02
+    nn, _ = nearest_neighbours(Q, 10)
+    fresh, _ = embed_2d(Q, seed=1)
+    assert knn_preservation(nn, xy) >= knn_preservation(nn, fresh) - 0.02
+
+
+def test_stability_figures_by_hand():
+    from modelmap.geometry.stability import displacement_frac, knn_preservation
+
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # Pairwise distances 1,1,1,1,sqrt2,sqrt2: the 95th percentile is sqrt(2).
+    moved = square + [[0.1, 0], [0.1, 0], [0, 0], [0, 0]]
+    assert displacement_frac(square, moved) == pytest.approx(0.05 / np.sqrt(2))
+    line = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [7.0, 0.0]])
+    assert knn_preservation(np.array([[1], [0], [1], [2]]), line) == 1.0
+    assert knn_preservation(np.array([[2], [0], [1], [2]]), line) == 0.75

@@ -193,3 +193,32 @@ def test_scatter_png(tmp_path, report):
     assert [p.name for p in out.parent.iterdir()] == ["scatter.png"]  # no temporary left
     grouped = scatter_png(rep.predictions, rep.table, tmp_path / "g.png", cv="grouped")
     assert grouped.stat().st_size > 1000
+
+
+def test_reduction_is_exact_below_max_components():
+    # Ridge on Z = Q V (every component) predicts exactly as ridge on Q itself.
+    from modelmap.reports.regression import reduce_rows
+
+    Q, _, families, _, targets = synthetic()
+    red = reduce_rows(Q)
+    assert red.exact and red.Z.shape[0] == K
+    for groups in (None, families):
+        on_q, _ = cross_val_predict(Q, targets["planted"], groups=groups, seed=3)
+        on_z, _ = cross_val_predict(red.Z, targets["planted"], groups=groups, seed=3)
+        np.testing.assert_allclose(on_z, on_q, atol=1e-6)
+    fitted = fit(Q, {"planted": targets["planted"]})
+    from sklearn.linear_model import RidgeCV
+
+    ref = RidgeCV(alphas=ALPHAS).fit(np.asarray(Q, np.float64), targets["planted"])
+    assert fitted.alpha[0] == ref.alpha_
+    np.testing.assert_allclose(fitted.coef[0], ref.coef_, rtol=1e-6, atol=1e-9)
+
+
+def test_truncated_reduction_keeps_the_top_components():
+    from modelmap.reports.regression import reduce_rows
+
+    Q = synthetic()[0]
+    red = reduce_rows(Q, max_components=5)
+    assert not red.exact and red.Z.shape == (K, 5)
+    top = np.linalg.svd(np.asarray(Q, np.float64), compute_uv=False)[:5]
+    np.testing.assert_allclose(np.linalg.norm(red.Z, axis=0), top, rtol=1e-3)

@@ -2,12 +2,17 @@
 
 Oyama et al. (ACL 2025, arXiv 2502.16173), figure 1: t-SNE of the rows of the double-centred
 matrix Q with scikit-learn (perplexity 30, ``init="pca"``, ``metric="sqeuclidean"``,
-``random_state=42``).
+``random_state=42``). Here the same affinities (a Gaussian kernel on ``||q_i - q_j||^2``, i.e.
+on 2KL, over the ``3 * perplexity`` nearest models) are optimised with openTSNE, whose FFT
+gradients scale to 100,000 models.
 
-Note on the metric, kept as in the paper: scikit-learn squares whatever distance the metric
-returns, so ``"sqeuclidean"`` makes t-SNE's input affinities use ``||q_i - q_j||^4`` (i.e.
-``(2KL)^2``) rather than ``||q_i - q_j||^2``. It only changes the neighbourhood widths that the
-perplexity calibration picks, not which models are near each other.
+A map users can learn does not move when models are added:
+
+* :func:`place_on_map` puts new models into an existing map without moving it (openTSNE's
+  optimisation of new points against a fixed reference embedding);
+* :func:`embed_stable` re-embeds everything starting from the previous map (new models start
+  at their placed position) and aligns the result to the previous map by orthogonal
+  Procrustes (:func:`align_to`), so the map neither rotates nor flips.
 """
 
 from __future__ import annotations
@@ -27,21 +32,27 @@ MIN_MODELS_FOR_TSNE = 8
 #: Points are labelled with their short name on the PNG only up to this many models.
 MAX_LABELLED_POINTS = 80
 PAPER_PERPLEXITY = 30.0
-#: t-SNE runs on one OpenMP thread up to this many models (see ``_tsne_2d``).
-MAX_MODELS_SINGLE_THREAD = 10_000
+#: Exact PCA (for the t-SNE initialisation) up to this many models, randomized above.
+MAX_MODELS_FULL_PCA = 3000
+#: openTSNE's FFT gradients from this many models, Barnes-Hut below.
+MIN_MODELS_FFT = 2000
 
 
 def tsne_perplexity(K: int) -> float:
     """``min(30, (K - 1) / 3)``: the paper's 30, lowered so that it stays below K.
 
-    scikit-learn requires perplexity < K, and its Barnes-Hut neighbour search uses
-    ``3 * perplexity + 1`` neighbours, which then fits in the K - 1 other models.
+    The affinities use ``3 * perplexity + 1`` neighbours, which then fit in the K - 1 other
+    models.
     """
     return min(PAPER_PERPLEXITY, (K - 1) / 3.0)
 
 
-def _pca_2d(Q: np.ndarray) -> np.ndarray:
-    """First two principal components (K x 2), zero-padded when K or N < 2."""
+def _pca_2d(Q: np.ndarray, seed: int = 42) -> np.ndarray:
+    """First two principal components (K x 2), zero-padded when K or N < 2.
+
+    Exact ("full") SVD up to :data:`MAX_MODELS_FULL_PCA` models; above, randomized SVD with a
+    fixed seed (a full SVD of 10,000 x 10,000 takes minutes, the randomized one seconds).
+    """
     from sklearn.decomposition import PCA
 
     K, N = Q.shape
@@ -49,32 +60,73 @@ def _pca_2d(Q: np.ndarray) -> np.ndarray:
     xy = np.zeros((K, 2), dtype=np.float64)
     if n_comp > 0:
         # "full" SVD is deterministic (sklearn's svd_flip fixes the signs).
-        pca = PCA(n_components=n_comp, svd_solver="full")
-        xy[:, :n_comp] = pca.fit_transform(np.asarray(Q, dtype=np.float64))
+        small = K <= MAX_MODELS_FULL_PCA
+        pca = PCA(
+            n_components=n_comp, svd_solver="full" if small else "randomized", random_state=seed
+        )
+        # float32 for large K: a float64 copy of a 10,000 x 10,000 Q is 800 MB.
+        xy[:, :n_comp] = pca.fit_transform(np.asarray(Q, dtype=np.float64 if small else np.float32))
     return xy
 
 
-def _tsne_2d(Q: np.ndarray, seed: int) -> np.ndarray:
-    """The paper's t-SNE; single-threaded up to :data:`MAX_MODELS_SINGLE_THREAD` models.
+def tsne_affinities(Q: np.ndarray, perplexity: float):
+    """t-SNE input affinities of the rows of Q from their exact nearest neighbours by 2KL.
 
-    scikit-learn's Barnes-Hut gradient runs OpenMP threads that stall when the cores are
-    shared with other work (measured: 12 models took 44 s with 2 threads on a busy 2-core
-    machine, 0.04 s with 1); for a few thousand models one thread is fast enough anyway.
+    The ``3 * perplexity`` nearest models of each model (``kl.nearest_neighbours``, blocked,
+    no K x K matrix), a Gaussian kernel on ``||q_i - q_j||^2`` calibrated to the perplexity,
+    symmetrised and normalised to sum 1: scikit-learn's Barnes-Hut affinities (the paper's
+    ``metric="sqeuclidean"`` passes squared distances to the same kernel).
+
+    Returns an ``openTSNE.affinity.PrecomputedAffinities`` (sparse K x K).
     """
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
+    from openTSNE.affinity import PrecomputedAffinities, joint_probabilities_nn
 
+    from modelmap.geometry.kl import nearest_neighbours
+
+    K = Q.shape[0]
+    k = min(K - 1, int(3 * perplexity + 1))
+    idx, two_kl = nearest_neighbours(Q, k)
+    P = joint_probabilities_nn(
+        idx,
+        np.sqrt(two_kl),
+        [perplexity],
+        symmetrize=True,
+        normalization="pair-wise",
+        n_reference_samples=K,
+    )
+    return PrecomputedAffinities(P, normalize=False)
+
+
+def _tsne_2d(Q: np.ndarray, seed: int, init: np.ndarray | None = None) -> np.ndarray:
+    """The paper's t-SNE (perplexity ``min(30, (K - 1) / 3)``) with openTSNE's gradients.
+
+    openTSNE's FFT-accelerated interpolation (Linderman et al. 2019) for the repulsive
+    forces scales to 100,000 points where exact or Barnes-Hut gradients do not; below
+    :data:`MIN_MODELS_FFT` points Barnes-Hut is faster. One thread: the machines are
+    shared and small maps take well under a second anyway.
+
+    Args:
+        init: K x 2 starting positions from a previous map, at the map's own scale. The
+            optimisation then skips the early-exaggeration phase (which exists to untangle a
+            random or PCA start, and would reshuffle a good one). Default: the first two
+            principal components rescaled to a standard deviation of 1e-4, as openTSNE
+            advises, with the usual 250 exaggerated steps first.
+    """
+    from openTSNE import TSNE
+    from openTSNE.initialization import rescale
+
+    K = Q.shape[0]
+    start = rescale(_pca_2d(Q, seed)) if init is None else np.asarray(init, dtype=np.float64)
     tsne = TSNE(
         n_components=2,
-        perplexity=tsne_perplexity(Q.shape[0]),
-        init="pca",
-        metric="sqeuclidean",
+        negative_gradient_method="fft" if K >= MIN_MODELS_FFT else "bh",
+        early_exaggeration_iter=250 if init is None else 0,
+        n_jobs=1,
         random_state=seed,
+        verbose=False,
     )
-    if Q.shape[0] <= MAX_MODELS_SINGLE_THREAD:
-        with threadpool_limits(limits=1, user_api="openmp"):
-            return tsne.fit_transform(np.asarray(Q)).astype(np.float64)
-    return tsne.fit_transform(np.asarray(Q)).astype(np.float64)
+    embedding = tsne.fit(affinities=tsne_affinities(Q, tsne_perplexity(K)), initialization=start)
+    return np.asarray(embedding, dtype=np.float64)
 
 
 def embed_2d(Q: np.ndarray, seed: int = 42, method: str = "auto") -> tuple[np.ndarray, str]:
@@ -106,6 +158,147 @@ def embed_2d(Q: np.ndarray, seed: int = 42, method: str = "auto") -> tuple[np.nd
     if method == "pca" or (method == "auto" and K < MIN_MODELS_FOR_TSNE):
         return _pca_2d(Q), "pca"
     return _tsne_2d(Q, seed), "tsne"
+
+
+def align_to(xy: np.ndarray, reference: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``xy`` rotated (or reflected) and translated so that ``xy[rows]`` best match ``reference``.
+
+    Orthogonal Procrustes without scaling (t-SNE maps of similar data have similar scales,
+    and a fixed scale keeps the map valid for :func:`place_on_map`): the rotation minimising
+    ``||(xy[rows] - mean) R - (reference - mean_ref)||``, from the SVD of the 2 x 2
+    cross-covariance, applied to every row of ``xy``.
+
+    Args:
+        xy: K x 2 positions to move.
+        reference: m x 2 target positions of ``xy[rows]``.
+        rows: (m,) indices into ``xy``; default every row (m = K).
+
+    Returns:
+        K x 2 float64.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    moving = xy if rows is None else xy[np.asarray(rows)]
+    if moving.shape != reference.shape or reference.ndim != 2:
+        raise ValueError(f"shapes differ: {moving.shape} and {reference.shape}")
+    mu, mu_ref = moving.mean(axis=0), reference.mean(axis=0)
+    U, _, Vt = np.linalg.svd((moving - mu).T @ (reference - mu_ref))
+    return (xy - mu) @ (U @ Vt) + mu_ref
+
+
+def _reference_embedding(xy: np.ndarray):
+    """A fixed openTSNE embedding of the mapped points, to optimise new points against."""
+    import scipy.sparse as sp
+    from openTSNE import TSNEEmbedding
+    from openTSNE.affinity import PrecomputedAffinities
+
+    K = len(xy)
+    return TSNEEmbedding(
+        np.array(xy, dtype=np.float64),
+        PrecomputedAffinities(sp.csr_matrix((K, K)), normalize=False),
+        negative_gradient_method="fft" if K >= MIN_MODELS_FFT else "bh",
+        n_jobs=1,
+        random_state=42,
+    )
+
+
+#: Perplexity and initial neighbours for new points (openTSNE's defaults for ``transform``).
+PLACE_PERPLEXITY = 5.0
+PLACE_INIT_NEIGHBOURS = 25
+
+
+def place_on_map(xy: np.ndarray, two_kl_new: np.ndarray) -> np.ndarray:
+    """Positions of m new models on an existing map of K models, which does not move.
+
+    Each new point starts at the median position of its 25 nearest mapped models and is
+    then optimised against the fixed map (250 steps of openTSNE's partial t-SNE: learning
+    rate 0.1, exaggeration 1.5, momentum 0.8, gradient norm at most 0.25; the settings of
+    ``openTSNE.TSNEEmbedding.transform``), with affinities from a Gaussian kernel on its 2KL
+    to its ``3 * 5`` nearest mapped models (perplexity 5).
+
+    Args:
+        xy: K x 2 map.
+        two_kl_new: m x K estimated 2KL (nats per text) from each new model to each mapped
+            one (:func:`modelmap.geometry.placement.two_kl_to_rows`).
+
+    Returns:
+        m x 2 float64 positions on the map. K < 3 mapped models: the nearest one's position.
+    """
+    from openTSNE import PartialTSNEEmbedding
+    from openTSNE.affinity import joint_probabilities_nn
+
+    from modelmap.geometry.placement import nearest_of_rows
+
+    xy = np.asarray(xy, dtype=np.float64)
+    two_kl_new = np.atleast_2d(np.asarray(two_kl_new, dtype=np.float64))
+    K = len(xy)
+    if two_kl_new.shape[1] != K:
+        raise ValueError(f"{two_kl_new.shape[1]} distances per new model for a map of {K}")
+    if K < 3:
+        return xy[np.argmin(two_kl_new, axis=1)].copy()
+    perplexity = min(PLACE_PERPLEXITY, (K - 1) / 3.0)
+    k = max(int(3 * perplexity + 1), PLACE_INIT_NEIGHBOURS)
+    idx, d = nearest_of_rows(two_kl_new, min(k, K))
+    n_aff = min(K, int(3 * perplexity + 1))
+    P = joint_probabilities_nn(
+        idx[:, :n_aff],
+        np.sqrt(d[:, :n_aff]),
+        [perplexity],
+        symmetrize=False,
+        normalization="point-wise",
+        n_reference_samples=K,
+    )
+    # openTSNE's interpolation grid expects a centred reference; shift back afterwards.
+    shift = (xy.max(axis=0) + xy.min(axis=0)) / 2
+    reference = _reference_embedding(xy - shift)
+    init = np.median((xy - shift)[idx[:, :PLACE_INIT_NEIGHBOURS]], axis=1)
+    partial = PartialTSNEEmbedding(init, reference, P=P, **reference.gradient_descent_params)
+    partial.optimize(
+        n_iter=250,
+        learning_rate=0.1,
+        exaggeration=1.5,
+        momentum=0.8,
+        max_grad_norm=0.25,
+        inplace=True,
+    )
+    return np.asarray(partial, dtype=np.float64) + shift
+
+
+def embed_stable(
+    Q: np.ndarray,
+    previous_xy: np.ndarray,
+    previous_rows: np.ndarray,
+    seed: int = 42,
+) -> np.ndarray:
+    """Re-embed all K models so that those already on the previous map stay where they were.
+
+    The t-SNE starts from the previous positions (``previous_rows`` of Q were at
+    ``previous_xy``); the other models start where :func:`place_on_map` puts them. The
+    result is aligned to the previous map by :func:`align_to` on the models of both.
+
+    Args:
+        Q: K x N double-centred matrix (nats), K >= :data:`MIN_MODELS_FOR_TSNE`.
+        previous_xy: m x 2 previous positions.
+        previous_rows: (m,) row index in Q of each previous position (m >= 3).
+
+    Returns:
+        K x 2 float64.
+    """
+    from modelmap.geometry.placement import two_kl_to_rows
+
+    K = Q.shape[0]
+    previous_rows = np.asarray(previous_rows, dtype=np.int64)
+    previous_xy = np.asarray(previous_xy, dtype=np.float64)
+    if len(previous_rows) < 3 or K < MIN_MODELS_FOR_TSNE:
+        return _tsne_2d(Q, seed)
+    init = np.empty((K, 2), dtype=np.float64)
+    init[previous_rows] = previous_xy
+    new_rows = np.setdiff1d(np.arange(K), previous_rows)
+    if len(new_rows):
+        d = two_kl_to_rows(np.asarray(Q)[previous_rows], np.asarray(Q)[new_rows])
+        init[new_rows] = place_on_map(previous_xy, d)
+    xy = _tsne_2d(Q, seed, init=init)
+    return align_to(xy, previous_xy, previous_rows)
 
 
 def short_name(model_key: str) -> str:

@@ -17,14 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from modelmap.geometry.placement import Centring
 from modelmap.storage import write_atomic
 
 _FORMAT_VERSION = 1
-
-
-def _clip_rowcentre(L: np.ndarray, clip_value: float) -> np.ndarray:
-    X = np.maximum(np.asarray(L, dtype=np.float64), clip_value)
-    return X - X.mean(axis=1, keepdims=True)
 
 
 @dataclass
@@ -72,10 +68,11 @@ class ScorePredictor:
         corpus_hash: str,
     ) -> ScorePredictor:
         """Build a predictor whose col_means come from the raw training matrix ``L_raw``."""
-        L_raw = np.atleast_2d(L_raw)
+        if L_raw.ndim == 1:
+            L_raw = L_raw[None, :]
         if L_raw.shape[1] != len(text_ids):
             raise ValueError(f"L_raw has {L_raw.shape[1]} columns but {len(text_ids)} text ids")
-        col_means = _clip_rowcentre(L_raw, clip_value).mean(axis=0)
+        col_means = Centring().fit(L_raw, clip_value=clip_value).col_means
         return cls(
             list(text_ids), clip_value, col_means, list(targets), coef, intercept, corpus_hash
         )
@@ -91,9 +88,14 @@ class ScorePredictor:
             )
         return L
 
+    @property
+    def centring(self) -> Centring:
+        """The map's fitted centring (clip value and column means) this predictor applies."""
+        return Centring(clip_value=self.clip_value, col_means=self.col_means)
+
     def centre(self, L: np.ndarray) -> np.ndarray:
         """Clip, subtract each row's mean, then subtract the training column means."""
-        return _clip_rowcentre(self._check(L), self.clip_value) - self.col_means
+        return self.centring.transform(self._check(L))
 
     def predict(self, L: np.ndarray) -> np.ndarray:
         """(m, T) predicted scores in [0, 100] for raw log-likelihood rows ``L`` (m, N)."""

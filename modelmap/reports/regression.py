@@ -14,6 +14,16 @@ Two cross-validations are reported:
   test folds at once. Fine-tunes of one base model have nearly identical rows of Q and
   similar scores; plain K-fold can then "predict" a model from its siblings, and the grouped
   score says how well the regression carries over to a family it has never seen.
+
+Scale. Ridge regression on the rows of Q equals ridge regression on ``Z = U S``, the rows in
+the basis of Q's singular vectors (``Q = U S V^T``; the coefficients map back as
+``coef = V gamma``): the penalty ``||coef||^2 = ||gamma||^2`` and every prediction are the
+same. :func:`reduce_rows` computes Z once per report, so each of the many RidgeCV fits (per
+target, cross-validation kind and fold) works on K x r instead of K x N. While
+``min(K, N) <= max_components`` Z holds every component and the results are exact; above
+(K = 10,000, N = 10,000), the top ``max_components`` components are kept (randomized SVD):
+principal-component ridge, which drops the directions a ridge penalty shrinks the most.
+Its effect on the figures is measured in ``benchmarks/bench_geometry.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ ALPHAS = np.logspace(1, 9, 17)
 SCORE_MIN, SCORE_MAX = 0.0, 100.0
 #: A target needs this many models with a score to be evaluated or fitted.
 MIN_MODELS = 4
+#: Components of Q kept by :func:`reduce_rows` (all of them while min(K, N) is at most this).
+MAX_COMPONENTS = 512
 CV_KINDS = ("kfold", "grouped")
 FEATURE_SETS = ("Q", "mean_loglik")
 
@@ -56,6 +68,50 @@ PREDICTIONS_SCHEMA = {
     "measured": pl.Float64,
     "predicted": pl.Float64,
 }
+
+
+@dataclass
+class Reduction:
+    """Rows of Q in the basis of its top right singular vectors: ``Z = Q V`` (K x r).
+
+    ``exact``: r is the rank of Q (every component kept), so ridge on Z is ridge on Q.
+    """
+
+    Z: np.ndarray  # K x r float64
+    V: np.ndarray  # N x r float64, orthonormal columns
+    exact: bool
+
+    def coef_in_texts(self, gamma: np.ndarray) -> np.ndarray:
+        """Coefficients on Z (T x r) -> coefficients on the N texts (T x N)."""
+        return np.atleast_2d(gamma) @ self.V.T
+
+
+def reduce_rows(Q: np.ndarray, max_components: int = MAX_COMPONENTS, seed: int = 0) -> Reduction:
+    """Q (K x N, nats) in the basis of its right singular vectors, for fast ridge fits.
+
+    Exact (thin SVD, every component) while ``min(K, N) <= max_components``; otherwise
+    the top ``max_components`` components from a randomized SVD (Halko et al. 2011, 4 power
+    iterations, fixed seed), computed in float32 to halve the time and the memory (the
+    coordinates are stored in float32 anyway).
+    """
+    K, N = Q.shape
+    if min(K, N) <= max_components:
+        Q64 = np.asarray(Q, dtype=np.float64)
+        if K <= N:  # Q = U S V^T from the K x K Gram: cheaper than an SVD of K x N
+            lam, U = np.linalg.eigh(Q64 @ Q64.T)
+            keep = lam > lam.max(initial=0.0) * 1e-12
+            V = (Q64.T @ U[:, keep]) / np.sqrt(lam[keep])
+        else:
+            lam, V = np.linalg.eigh(Q64.T @ Q64)
+            V = V[:, lam > lam.max(initial=0.0) * 1e-12]
+        return Reduction(Z=Q64 @ V, V=V, exact=True)
+    from sklearn.utils.extmath import randomized_svd
+
+    Q32 = np.asarray(Q, dtype=np.float32)
+    _, _, Vt = randomized_svd(Q32, max_components, n_iter=4, random_state=seed)
+    V = np.asarray(Vt.T, dtype=np.float64)
+    Z = np.asarray(Q32 @ Vt.T.astype(np.float32), dtype=np.float64)
+    return Reduction(Z=Z, V=V, exact=False)
 
 
 def _as_2d(X: np.ndarray) -> np.ndarray:
@@ -169,6 +225,27 @@ class RegressionReport:
     skipped: dict[str, str]
 
 
+def _finite(Z: np.ndarray) -> np.ndarray:
+    """Z = Q V is finite exactly when Q is (checked on the small matrix)."""
+    if not np.all(np.isfinite(Z)):
+        raise ValueError("Q must be finite")
+    return Z
+
+
+def _check_inputs_shape(
+    Q: np.ndarray, targets: Mapping[str, np.ndarray], models: Sequence[str] | None = None
+) -> None:
+    """Every target and the model list must have one entry per row of Q (no copy of Q)."""
+    if Q.ndim != 2:
+        raise ValueError(f"Q must be a K x N matrix, got shape {Q.shape}")
+    K = Q.shape[0]
+    for name, y in targets.items():
+        if np.shape(y) != (K,):
+            raise ValueError(f"target {name!r} has shape {np.shape(y)}, expected ({K},)")
+    if models is not None and len(models) != K:
+        raise ValueError(f"{len(models)} model keys for {K} rows of Q")
+
+
 def _check_inputs(
     Q: np.ndarray, targets: Mapping[str, np.ndarray], models: Sequence[str] | None = None
 ) -> np.ndarray:
@@ -196,14 +273,19 @@ def evaluate(
     *,
     n_splits: int = 5,
     seed: int = 0,
+    reduction: Reduction | None = None,
 ) -> RegressionReport:
     """Cross-validate ridge-on-Q against the mean-log-likelihood baseline for every target.
 
     Each target uses only the models with a finite score. A target with fewer than
     :data:`MIN_MODELS` such models is skipped, and so is its grouped CV when those models
     come from fewer than 2 families; ``report.skipped`` says why.
+
+    ``reduction``: :func:`reduce_rows` of Q, when the caller has it already (computed here
+    otherwise); ridge runs on its rows (see the module docstring).
     """
-    Q = _check_inputs(Q, targets, models)
+    _check_inputs_shape(Q, targets, models)
+    Q = _finite((reduction or reduce_rows(Q)).Z)
     K = Q.shape[0]
     mean_loglik = np.asarray(mean_loglik, dtype=np.float64)
     if mean_loglik.shape != (K,) or not np.all(np.isfinite(mean_loglik)):
@@ -302,9 +384,18 @@ class FittedRidge:
         return np.clip(Qnew @ self.coef.T + self.intercept, SCORE_MIN, SCORE_MAX)
 
 
-def fit(Q: np.ndarray, targets: Mapping[str, np.ndarray]) -> FittedRidge:
-    """RidgeCV per target on all models with a finite score, to predict unscored models."""
-    Q = _check_inputs(Q, targets)
+def fit(
+    Q: np.ndarray, targets: Mapping[str, np.ndarray], reduction: Reduction | None = None
+) -> FittedRidge:
+    """RidgeCV per target on all models with a finite score, to predict unscored models.
+
+    Fitted on :func:`reduce_rows` of Q (``reduction`` when given); the coefficients are
+    returned on the N texts.
+    """
+    _check_inputs_shape(Q, targets)
+    N_texts = Q.shape[1]
+    red = reduction or reduce_rows(Q)
+    Q = _finite(red.Z)
     names, coefs, intercepts, alphas = [], [], [], []
     for name, y_all in targets.items():
         y_all = np.asarray(y_all, dtype=np.float64)
@@ -316,10 +407,10 @@ def fit(Q: np.ndarray, targets: Mapping[str, np.ndarray]) -> FittedRidge:
         coefs.append(model.coef_)
         intercepts.append(model.intercept_)
         alphas.append(model.alpha_)
-    N = Q.shape[1]
+    gamma = np.asarray(coefs, dtype=np.float64).reshape(len(names), Q.shape[1])
     return FittedRidge(
         targets=names,
-        coef=np.asarray(coefs, dtype=np.float64).reshape(len(names), N),
+        coef=red.coef_in_texts(gamma).reshape(len(names), N_texts),
         intercept=np.asarray(intercepts, dtype=np.float64),
         alpha=np.asarray(alphas, dtype=np.float64),
     )
