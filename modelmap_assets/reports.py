@@ -60,7 +60,7 @@ def benchmark_scores(
     parts, meta = [published], {"key": key, "n_published": published.height}
     if file is not None:
         meta.update(_file_match_metadata(context, file, key))
-    if benchmarks.measure == "always" or (benchmarks.measure == "missing" and published.is_empty()):
+    if benchmarks.should_measure(listed_in_file=not published.is_empty()):
         try:
             tasks = benchmarks.tasks()
             loaded, *_ = load_partition_model(context, scorer, model_source, hub)

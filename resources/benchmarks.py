@@ -1,11 +1,12 @@
 """Where benchmark scores come from: a user's scores file and the tasks the platform measures."""
 
-from typing import Literal
-
 import dagster as dg
+from pydantic import Field
 
 from modelmap.reports.benchmarks import ScoresFile, empty_scores, read_scores
 from modelmap.reports.tasks import Task, default_tasks, read_tasks
+
+MEASURE = ("missing", "always", "never")
 
 
 class BenchmarkResource(dg.ConfigurableResource):
@@ -16,10 +17,29 @@ class BenchmarkResource(dg.ConfigurableResource):
     in `modelmap.reports.tasks`); by default the embedded held-out tasks are used.
     """
 
-    scores_file: str | None = None
-    tasks_dir: str | None = None
-    n_items: int = 100  # items per embedded task
-    measure: Literal["missing", "always", "never"] = "missing"
+    scores_file: str | None = Field(
+        default=None, description="published benchmark scores (CSV or Parquet); none: no file"
+    )
+    tasks_dir: str | None = Field(
+        default=None,
+        description="folder of `<task>.jsonl` multiple-choice tasks; none: the embedded "
+        "held-out tasks",
+    )
+    n_items: int = Field(default=100, description="items per embedded task")
+    measure: str = Field(
+        default="missing",
+        description="which models the tasks are measured for: `missing` (not in the file), "
+        "`always`, `never`",
+    )
+
+    def should_measure(self, listed_in_file: bool) -> bool:
+        """Whether to measure the tasks for a model (`measure`, validated here)."""
+        if self.measure not in MEASURE:
+            raise ValueError(
+                f"benchmarks.measure (MODELMAP_BENCHMARK_MEASURE) is {self.measure!r}; "
+                f"expected one of {', '.join(MEASURE)}"
+            )
+        return self.measure == "always" or (self.measure == "missing" and not listed_in_file)
 
     def published(self):
         file = self.scores_file_read()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from modelmap.scoring.loading import SCORING_FILES, ModelLoadError
 from modelmap.storage import InvalidModelKey, validate_model_key
@@ -60,29 +60,74 @@ def hub_error_message(exc: Exception, revision: str | None = None) -> str:
     return f"Hub request failed: {type(exc).__name__}: {first_line}"
 
 
-class HubResource(dg.ConfigurableResource):
-    """The Hub to watch (endpoint, token), the query, and the limits on what is scored."""
+def _comma_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
 
-    endpoint: str = Field(default="https://huggingface.co", description="Hub URL (HF_ENDPOINT)")
-    token: str | None = Field(default=None, description="Hub token; bind dg.EnvVar('HF_TOKEN')")
-    authors: list[str] = Field(default=[], description="organisations/users to watch; [] = all")
-    search: str | None = Field(default=None, description="substring of the repo id")
+
+class HubResource(dg.ConfigurableResource):
+    """The Hub to watch (endpoint, token), the query, and the limits on what is scored.
+
+    List settings are comma-separated strings (so an environment variable binds to them);
+    a Python list is accepted too and joined.
+    """
+
+    endpoint: str = Field(
+        default="https://huggingface.co",
+        description="the Hugging Face Hub to watch and download from",
+    )
+    token: str | None = Field(default=None, description="Hub token for gated or private models")
+    authors: str = Field(
+        default="", description="organisations or users to watch, comma-separated; empty: all"
+    )
+    search: str | None = Field(default=None, description="only repo ids containing this text")
     tags: list[str] = Field(default=[], description="tags every model must carry")
     pipeline_tag: str | None = "text-generation"
     library: str | None = "transformers"
     max_parameters: int | None = Field(
-        default=None, description="refuse larger models (from safetensors headers); None: no cap"
+        default=None,
+        description="refuse larger models (counted from safetensors headers); none: no cap",
     )
     max_models_per_tick: int = Field(default=5, description="most runs one sensor tick requests")
-    initial_lookback_hours: float = Field(
-        default=24.0, description="on its first tick the sensor takes models this recent only"
+    initial_lookback_hours: int = Field(
+        default=24, description="on its first tick the sensor takes models this recent only"
     )
-    allow: list[str] = Field(default=[], description="repo-id patterns (fnmatch); [] = any")
-    deny: list[str] = Field(default=[], description="repo-id patterns never scored")
-    trust_remote_code_allow: list[str] = Field(
-        default=[], description="repo ids allowed to run their own code (off otherwise)"
+    allow: str = Field(
+        default="", description="repo-id patterns (fnmatch, comma-separated) to score; empty: any"
     )
-    cache_dir: str | None = Field(default=None, description="download cache; None: HF_HOME's")
+    deny: str = Field(
+        default="", description="repo-id patterns (fnmatch, comma-separated) never scored"
+    )
+    trust_remote_code_allow: str = Field(
+        default="",
+        description="repo ids (comma-separated) allowed to run their own code; off for others",
+    )
+    cache_dir: str | None = Field(
+        default=".cache/modelmap",
+        description="modelmap's cache of rebuildable files: the zoo, Hub downloads "
+        "(`<cache>/hub`), the SmolLM2 family",
+    )
+
+    @field_validator("authors", "allow", "deny", "trust_remote_code_allow", mode="before")
+    @classmethod
+    def _join_lists(cls, value):
+        return ",".join(value) if isinstance(value, list | tuple) else value
+
+    @property
+    def author_list(self) -> list[str]:
+        return _comma_list(self.authors)
+
+    @property
+    def allow_list(self) -> list[str]:
+        return _comma_list(self.allow)
+
+    @property
+    def deny_list(self) -> list[str]:
+        return _comma_list(self.deny)
+
+    @property
+    def download_dir(self) -> str | None:
+        """Where snapshots go: `<cache_dir>/hub`, or huggingface_hub's own cache (HF_HOME)."""
+        return str(Path(self.cache_dir) / "hub") if self.cache_dir else None
 
     # -- the client -----------------------------------------------------------------------
     def api(self):
@@ -99,7 +144,7 @@ class HubResource(dg.ConfigurableResource):
         that stops early fetches only the pages it read.
         """
         filters = [*self.tags, *([self.library] if self.library else [])]
-        authors = self.authors or [None]
+        authors = self.author_list or [None]
         if len(authors) > 1:
             # One listing per author, merged newest first (the Hub takes one author per query).
             import heapq
@@ -126,14 +171,14 @@ class HubResource(dg.ConfigurableResource):
             validate_model_key(repo_id)
         except InvalidModelKey as exc:
             return str(exc)
-        if any(fnmatch.fnmatchcase(repo_id, p) for p in self.deny):
+        if any(fnmatch.fnmatchcase(repo_id, p) for p in self.deny_list):
             return "on the deny list"
-        if self.allow and not any(fnmatch.fnmatchcase(repo_id, p) for p in self.allow):
+        if self.allow_list and not any(fnmatch.fnmatchcase(repo_id, p) for p in self.allow_list):
             return "not on the allow list"
         return None
 
     def trusts_remote_code(self, repo_id: str) -> bool:
-        return repo_id in self.trust_remote_code_allow
+        return repo_id in _comma_list(self.trust_remote_code_allow)
 
     # -- fetching one model ---------------------------------------------------------------
     def parameter_count(self, repo_id: str, revision: str | None = None) -> int | None:
@@ -176,7 +221,7 @@ class HubResource(dg.ConfigurableResource):
                 revision=info.sha,
                 endpoint=self.endpoint.rstrip("/"),
                 token=self.token or False,
-                cache_dir=self.cache_dir,
+                cache_dir=self.download_dir,
                 allow_patterns=SCORING_FILES,
             )
         except ModelLoadError:

@@ -22,15 +22,12 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import dagster as dg
 import numpy as np
+from pydantic import Field
 
 from modelmap.reports.predictor import ScorePredictor
 
 if TYPE_CHECKING:
     import mlflow
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm in run logs
 
 _ATTEMPTS = 6
 _INITIALISED: set[str] = set()  # store URIs whose tables this process has checked
@@ -45,7 +42,19 @@ class _NoCloudpickleWarning(logging.Filter):
         return "serialized using CloudPickle" not in record.getMessage()
 
 
-logging.getLogger("mlflow.pyfunc").addFilter(_NoCloudpickleWarning())
+_QUIET_FILTER = _NoCloudpickleWarning()
+
+
+def _quiet_mlflow() -> None:
+    """Before the first client: no telemetry, no progress bars in run logs, no pickle advice.
+
+    Called where MLflow is used, not at import (importing this module changes nothing)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logger = logging.getLogger("mlflow.pyfunc")
+    if _QUIET_FILTER not in logger.filters:
+        logger.addFilter(_QUIET_FILTER)
 
 
 Artifacts = dict[str, str | Path | list[str | Path]]
@@ -76,21 +85,48 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class MlflowResource(dg.ConfigurableResource):
-    """Where runs and registered models go; `enabled=False` turns every method into a no-op."""
+MODES = ("on", "off", "required")
 
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite in DAGSTER_HOME
+
+class MlflowResource(dg.ConfigurableResource):
+    """Where runs and registered models go; `mode="off"` turns every method into a no-op."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="where runs and the registry go (may hold a password); none: "
+        "`sqlite:///<dagster_home>/mlflow/mlflow.db`",
+    )
+    dagster_home: str = Field(
+        default="dagster_home", description="the Dagster instance folder (holds the default store)"
+    )
     artifact_root: str | None = None  # None: "artifacts" next to a SQLite database
     experiment: str = "modelmap"
-    enabled: bool = True
-    # False: a tracking-store error is logged as a warning and the asset goes on (its files are
-    # the source of truth; MLflow is the record). True: the error fails the step.
-    required: bool = False
+    mode: str = Field(
+        default="on",
+        description="`on` (a tracking-store error is a warning: the files are the record of "
+        "truth), `off`, `required` (an error fails the step)",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self._mode() != "off"
+
+    @property
+    def required(self) -> bool:
+        return self._mode() == "required"
+
+    def _mode(self) -> str:
+        if self.mode not in MODES:
+            raise ValueError(
+                f"mlflow.mode (MODELMAP_MLFLOW) is {self.mode!r}; "
+                f"expected one of {', '.join(MODES)}"
+            )
+        return self.mode
 
     def uri(self) -> str:
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = self.tracking_uri
         if not uri:
-            home = Path(os.environ.get("DAGSTER_HOME") or "dagster_home").resolve()
+            home = Path(self.dagster_home).resolve()
             uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
         if (db := _sqlite_path(uri)) is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +141,7 @@ class MlflowResource(dg.ConfigurableResource):
 
     def _client(self) -> tuple[mlflow.MlflowClient, str]:
         """A client on this store and the id of `experiment` (created if need be)."""
+        _quiet_mlflow()
         import mlflow
         from mlflow.exceptions import MlflowException
 
@@ -241,6 +278,7 @@ class MlflowResource(dg.ConfigurableResource):
         and register it; returns (run id, version)."""
         if not self.enabled:
             return None
+        _quiet_mlflow()
         import mlflow
         import pandas as pd
 

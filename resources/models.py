@@ -1,9 +1,11 @@
 """Where a model key's weights come from: a local model folder (the zoo) or the Hub."""
 
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field, field_validator
 
 from modelmap.storage import path_inside, validate_model_key
 
@@ -11,15 +13,36 @@ from modelmap.storage import path_inside, validate_model_key
 class ModelSourceResource(dg.ConfigurableResource):
     """Resolves a `models` partition key to a local folder or a Hub repo id.
 
-    `local_dirs` are folders that hold a `zoo.json` registry (written by `modelmap zoo`) or
-    model folders laid out as `<dir>/<org>/<name>/config.json`; any other key is a Hub repo.
+    The local folders hold a `zoo.json` registry (written by `modelmap zoo`) or model folders
+    laid out as `<dir>/<org>/<name>/config.json`; any other key is a Hub repo.
     """
 
-    local_dirs: list[str] = []
+    cache_dir: str = Field(
+        default=".cache/modelmap",
+        description="modelmap's cache of rebuildable files: the zoo, Hub downloads "
+        "(`<cache>/hub`), the SmolLM2 family",
+    )
+    local_dirs: str | None = Field(
+        default=None,
+        description="folders of local models, `:`-separated (`os.pathsep`); unset: "
+        "`<cache>/zoo:<cache>/smollm2`; empty: every key is a Hub repo",
+    )
+
+    @field_validator("local_dirs", mode="before")
+    @classmethod
+    def _join_list(cls, value):
+        return os.pathsep.join(map(str, value)) if isinstance(value, list | tuple) else value
+
+    @property
+    def folders(self) -> list[Path]:
+        """The local model folders, in the order they are searched."""
+        if self.local_dirs is None:
+            return [Path(self.cache_dir) / "zoo", Path(self.cache_dir) / "smollm2"]
+        return [Path(d) for d in self.local_dirs.split(os.pathsep) if d]
 
     def _registry(self) -> dict[str, dict]:
         entries: dict[str, dict] = {}
-        for base in self.local_dirs:
+        for base in self.folders:
             registry = Path(base) / "zoo.json"
             if registry.exists():
                 for entry in json.loads(registry.read_text())["models"]:
@@ -32,7 +55,7 @@ class ModelSourceResource(dg.ConfigurableResource):
         entry = self._registry().get(key)
         if entry is not None:
             return entry
-        for base in self.local_dirs:
+        for base in self.folders:
             folder = path_inside(Path(base), *key.split("/"))
             if (folder / "config.json").is_file():
                 return {"key": key, "path": str(folder), "family": key.split("/")[0]}

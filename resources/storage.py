@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from modelmap.likelihoods import write_likelihood_file
 from modelmap.storage import (
@@ -24,7 +25,7 @@ LIKELIHOOD_SUFFIX = ".parquet"
 class StorageResource(dg.ConfigurableResource):
     """Files of every asset under `base_dir` (Parquet and .npy, written atomically)."""
 
-    base_dir: str = "data"
+    base_dir: str = Field(default="data", description="outputs of every asset, one folder each")
 
     @property
     def root(self) -> Path:

@@ -43,7 +43,7 @@ def test_sensor_finds_models_and_the_map_refreshes_by_itself(small_zoo, tiny_mod
             resources=resources,
             run_config={"ops": {"corpus": {"config": {"n_texts": 60}}}},
         )
-        daemon = LocalDaemon(defs, instance, resources, log=lambda s: None)
+        daemon = LocalDaemon(defs(), instance, resources, log=lambda s: None)
 
         first = daemon.run_until_idle()
         assert sorted(first.added) == sorted([*published, "bad/no-tokenizer"])

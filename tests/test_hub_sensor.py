@@ -131,7 +131,7 @@ def test_cap_per_tick_delays_but_never_skips(paged_hub, tiny_model):
 def test_definitions_load_with_the_sensor():
     from modelmap_assets.definitions import defs
 
-    repo = defs.get_repository_def()
+    repo = defs().get_repository_def()
     assert repo.get_sensor_def("hub_models_sensor")
     assert "hub" in repo.get_top_level_resources()
 

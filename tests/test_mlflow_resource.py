@@ -13,6 +13,7 @@ import pytest
 
 from modelmap.reports.predictor import ScorePredictor
 from resources.mlflow import MlflowResource
+from resources.settings import build_resources
 
 N_TEXTS, TARGETS = 40, ["arc", "hellaswag", "mmlu"]
 
@@ -119,7 +120,7 @@ def test_log_run_records_params_metrics_tags_and_artifacts(store, tmp_path, db_d
 
 
 def test_log_run_failure_marks_run_failed(store, tmp_path):
-    strict = store.model_copy(update={"required": True})
+    strict = store.model_copy(update={"mode": "required"})
     with pytest.raises(OSError):
         strict.log_run("broken", artifacts={"": tmp_path / "missing.txt"})
     (run,) = _runs(store)
@@ -189,7 +190,7 @@ def test_a_run_process_does_not_import_mlflow():
 
 def test_disabled_resource_is_a_no_op(tmp_path, predictor, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    off = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'db' / 'm.db'}", enabled=False)
+    off = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'db' / 'm.db'}", mode="off")
     assert off.log_run("x", params={"a": 1}, metrics={"m": 1.0}, tags={}) is None
     assert off.register_predictor(predictor, run_name="x") is None
     assert list(tmp_path.iterdir()) == []
@@ -219,11 +220,21 @@ def test_two_processes_log_concurrently_to_one_sqlite_store(tmp_path, monkeypatc
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-def test_default_uri_is_sqlite_in_dagster_home(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    assert MlflowResource().uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}"
+def test_default_uri_is_sqlite_in_dagster_home(tmp_path):
+    home = {"DAGSTER_HOME": str(tmp_path / "home")}
+    assert build_resources(home)["mlflow"].uri() == (
+        f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}"
+    )
     assert (tmp_path / "home" / "mlflow").is_dir()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
-    assert MlflowResource().uri() == "http://tracking:5000"
     assert MlflowResource(tracking_uri="file:///tmp/x").uri() == "file:///tmp/x"
+
+
+def test_tracking_uri_is_bound_to_the_environment_never_copied(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI may carry a password: the resource holds the variable, and Dagster
+    resolves it when the run starts."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@tracking:5000")
+    resource = build_resources({"MLFLOW_TRACKING_URI": "ignored"})["mlflow"]
+    assert isinstance(resource.tracking_uri, dg.EnvVar)
+    assert "secret" not in repr(resource.model_dump())
+    resolved = resource.process_config_and_initialize()
+    assert resolved.uri() == "http://user:secret@tracking:5000"

@@ -21,7 +21,7 @@ PLANTED_BASES = {
 
 
 def test_definitions_load():
-    repo = defs.get_repository_def()
+    repo = defs().get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert keys == {
         "corpus",
@@ -35,8 +35,8 @@ def test_definitions_load():
         "lineage_report",
     }
     for name in ("likelihood", "benchmark_scores"):
-        assert defs.get_assets_def(name).partitions_def.name == "models"
-        assert defs.get_assets_def(name).op.pool == "gpu"
+        assert defs().get_assets_def(name).partitions_def.name == "models"
+        assert defs().get_assets_def(name).op.pool == "gpu"
     checks = {k.name for k in repo.asset_graph.asset_check_keys}
     assert {"text_ids_match_corpus", "all_finite", "corpus_hash_current"} <= checks
     assert "rows_and_columns_centred" in checks

@@ -7,12 +7,19 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 
 from modelmap.storage import validate_model_key
-from modelmap_assets.definitions import ASSETS, DOWNSTREAM, PER_MODEL, build_resources, cache_dir
+from modelmap_assets.definitions import ASSETS, DOWNSTREAM, PER_MODEL
 from modelmap_assets.partitions import models_partitions
+from resources.settings import build_resources, command_line_default
+
+
+def cache_dir() -> Path:
+    """modelmap's cache (`MODELMAP_CACHE`, the `model_source` resource's `cache_dir`)."""
+    return Path(build_resources(os.environ)["model_source"].cache_dir).resolve()
 
 
 def register(instance: dg.DagsterInstance, keys: list[str]) -> list[str]:
@@ -58,7 +65,7 @@ def materialize_all(
 
     A model that fails is reported and left out; the map is built from the rest.
     """
-    resources = resources or build_resources()
+    resources = resources or build_resources(os.environ)
     materialize_corpus(instance, resources, corpus_config)
     keys = keys or sorted(instance.get_dynamic_partitions(models_partitions.name))
     failed = {}
@@ -115,7 +122,7 @@ def demo_through_hub(
         env = {**os.environ, "HF_ENDPOINT": server.url, "MODELMAP_LOCAL_MODELS": ""}
         resources = build_resources(env)
         materialize_corpus(instance, resources, corpus_config)
-        ticks = LocalDaemon(defs, instance, resources).run_until_idle()
+        ticks = LocalDaemon(defs(), instance, resources).run_until_idle()
     print(
         f"sensor added {len(ticks.added)} models, {len(ticks.scored)} scored, "
         f"{len(ticks.failed)} failed; automation refreshed the map {len(ticks.refreshed)} times"
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("keys", nargs="+", help="model keys (org/name), or 'zoo' for the zoo")
     back.add_argument(
         "--url",
-        default=os.environ.get("MODELMAP_WEBSERVER", "http://127.0.0.1:3000"),
+        default=command_line_default("MODELMAP_WEBSERVER"),
         help="the Dagster webserver (`make ui`)",
     )
     back.add_argument(
