@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from modelmap.corpus.build import build_corpus, corpus_hash
+from modelmap.corpus.build import build_corpus, build_twins, corpus_hash, default_n_twins
 from resources.storage import StorageResource
 
 
@@ -16,6 +16,12 @@ class CorpusConfig(dg.Config):
     path: str | None = Field(default=None, description="the JSONL file or text folder")
     n_texts: int = Field(default=2000, description="N, the number of texts")
     seed: int = Field(default=42, description="seed of the chunk sample (paper: 42)")
+    n_twins: int | None = Field(
+        default=None,
+        description="held-out twin texts set aside for the leakage screen (scored beside the "
+        "corpus, never in L or Q; scoring costs n_twins/N more); null: N/10, at least 100; "
+        "0: none",
+    )
 
 
 @dg.asset(kinds={"polars"}, group_name="modelmap")
@@ -41,11 +47,22 @@ def corpus(
         "seed": config.seed,
     }
     path = storage.write_corpus(df, meta)
-    context.log.info(f"corpus: {df.height} texts from {len(counts)} domains, hash {digest[:12]}")
+    n_twins = default_n_twins(df.height) if config.n_twins is None else config.n_twins
+    twins = build_twins(config.source, config.n_texts, n_twins, path=config.path, seed=config.seed)
+    twins_hash = corpus_hash(twins)
+    storage.write_twins(
+        twins, {"twins_hash": twins_hash, "corpus_hash": digest, "n_twins": twins.height}
+    )
+    context.log.info(
+        f"corpus: {df.height} texts from {len(counts)} domains, hash {digest[:12]}; "
+        f"{twins.height} held-out twin texts"
+    )
     return dg.MaterializeResult(
         metadata={
             "N": df.height,
             "corpus_hash": digest,
+            "n_twins": twins.height,
+            "twins_hash": twins_hash,
             "mean_bytes_per_text": mean_bytes,
             "domains": dg.MetadataValue.json(counts),
             "source": config.source,

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from modelmap.likelihoods import corpus_rows, likelihood_frame
+from modelmap.likelihoods import SPLIT_TWIN, corpus_rows, likelihood_frame
 from modelmap.scoring.engine import ScoreResult, ScoringError
 from modelmap.scoring.loading import LoadedModel, ModelLoadError
 from modelmap.storage import InvalidModelKey, validate_model_key
@@ -126,10 +126,24 @@ def likelihood(
             if loaded.dtype == torch.float32:
                 raise
             loaded, result = _retry_in_float32(context, scorer, loaded, path, trust, texts, exc)
+        # Held-out twins (leakage screen only): a separate call, so the corpus rows are the
+        # same as without them.
+        twins = storage.read_twins(corpus_meta["corpus_hash"])
+        twin_result = None
+        if twins is not None:
+            twin_result = scorer.score(loaded, twins[0]["text"].to_list(), log=context.log.info)
     except MODEL_ERRORS as exc:
         raise model_failure(key, exc) from exc
 
-    df = likelihood_frame(texts["text_id"], result.loglik_nats, result.n_tokens)
+    frames = [likelihood_frame(texts["text_id"], result.loglik_nats, result.n_tokens)]
+    twin_meta = {}
+    if twin_result is not None:
+        frames.append(
+            likelihood_frame(
+                twins[0]["text_id"], twin_result.loglik_nats, twin_result.n_tokens, SPLIT_TWIN
+            )
+        )
+        twin_meta = {"twins_hash": twins[1]["twins_hash"], "twin_wall_s": twin_result.wall_s}
     meta = {
         "key": key,
         "family": info.get("family"),
@@ -145,8 +159,10 @@ def likelihood(
         "corpus_hash": corpus_meta["corpus_hash"],
         "mean_loglik_nats": float(np.mean(result.loglik_nats)),
         "input_tokens": result.input_tokens,
+        **twin_meta,
     }
-    path = storage.write_likelihood(key, df, meta)
+    df = frames[0]
+    path = storage.write_likelihood(key, pl.concat(frames), meta)
     context.log.info(
         f"{key}: {result.input_tokens:,} tokens in {result.wall_s:.1f} s "
         f"({result.tokens_per_s:,.0f} tokens/s), mean log-likelihood "

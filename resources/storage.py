@@ -46,6 +46,23 @@ class StorageResource(dg.ConfigurableResource):
             )
         return pl.read_parquet(self.corpus_path), read_parquet_metadata(self.corpus_path)
 
+    @property
+    def twins_path(self) -> Path:
+        return self.root / "corpus" / "twins.parquet"
+
+    def write_twins(self, df: pl.DataFrame, metadata: dict) -> Path:
+        """Held-out twin texts (the corpus table's schema), never part of L or Q."""
+        return write_parquet(df, self.twins_path, metadata)
+
+    def read_twins(self, corpus_hash: str) -> tuple[pl.DataFrame, dict] | None:
+        """The twin texts set aside with the corpus `corpus_hash`; None if there are none."""
+        if not self.twins_path.exists():
+            return None
+        meta = read_parquet_metadata(self.twins_path)
+        if meta.get("corpus_hash") != corpus_hash or not meta.get("n_twins"):
+            return None
+        return pl.read_parquet(self.twins_path), meta
+
     # one file per model: likelihood, benchmark_scores -----------------------------------
     def model_file(self, asset: str, key: str) -> Path:
         return path_inside(self.root, asset, key_to_filename(key, LIKELIHOOD_SUFFIX))

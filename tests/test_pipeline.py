@@ -123,13 +123,30 @@ def test_every_asset_is_materialized_with_its_metadata(pipeline):
     assert metadata["method"].value == "tsne"
     assert "data:image/png;base64," in metadata["map"].value
     scores = pl.read_parquet(root / "likelihood" / "zoo--gpt2-base.parquet")
-    assert scores.columns == ["text_id", "loglik", "n_tokens"] and scores.height == 300
+    assert scores.columns == ["text_id", "loglik", "n_tokens", "split"]
+    assert scores.filter(pl.col("split") == "corpus").height == 300
     assert not list((root / "likelihood").glob(".*"))  # no temporary file left behind
 
 
 def _q_and_index(root):
     folder = next((root / "coordinates").glob("v-*"))
     return pl.read_parquet(folder / "models.parquet"), np.load(folder / "Q.npy")
+
+
+def test_twins_are_scored_beside_the_corpus_and_kept_out_of_the_map(pipeline):
+    from modelmap.likelihoods import corpus_rows, read_metadata, twin_rows
+
+    root = pipeline["root"]
+    twins = pl.read_parquet(root / "corpus" / "twins.parquet")
+    assert twins.height == 100
+    for m in pipeline["models"]:
+        path = root / "likelihood" / f"{m.key.replace('/', '--')}.parquet"
+        assert twin_rows(path)["text_id"].to_list() == twins["text_id"].to_list()
+        assert corpus_rows(path).height == 300
+        meta = read_metadata(path)
+        assert meta["n_twin_rows"] == 100 and meta["twin_wall_s"] > 0
+    index, Q = _q_and_index(root)
+    assert Q.shape == (len(pipeline["models"]), 300)
 
 
 def test_each_finetune_is_nearest_to_its_own_family(pipeline):

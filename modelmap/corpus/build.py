@@ -283,6 +283,71 @@ def build_corpus(
     return to_frame(texts)
 
 
+# ---------------------------------------------------------------- unseen twins
+
+
+def default_n_twins(n_texts: int) -> int:
+    """Twin texts set aside by default: a tenth of N, at least 100 (scoring cost +10% or more)."""
+    return max(100, n_texts // 10)
+
+
+def build_twins(
+    source: str,
+    n_texts: int,
+    n_twins: int,
+    path: str | Path | None = None,
+    seed: int = 42,
+    max_bytes: int = 1024,
+    min_bytes: int = 256,
+    pool: int = 40_000,
+) -> pl.DataFrame:
+    """Held-out *twins* of the corpus: texts from the same sources that no model should have
+    seen, chunked like the corpus, never part of L or Q (the leakage screen compares a model's
+    gain on the corpus texts with its gain on these).
+
+    - "embedded": chunks of the "heldout" documents (the split no scored text and no zoo
+      training text comes from), sampled with ``seed``;
+    - "folder": the chunks that follow the corpus in the same seeded sample, from documents
+      none of whose chunks is in the corpus;
+    - "jsonl": the lines after the first ``n_texts``, from Pile documents (``pile_idx``) none
+      of whose chunks is in the corpus.
+
+    Returns at most ``n_twins`` texts in the corpus table's schema (fewer, possibly none, when
+    the source has no more); the corpus itself is unchanged.
+    """
+    if n_twins < 0:
+        raise ValueError(f"n_twins must be >= 0, got {n_twins}")
+    if n_twins == 0:
+        return to_frame([])
+    if source == "embedded":
+        docs = load_embedded_documents("heldout")
+        chunks = chunk_documents(docs, max_bytes=max_bytes, min_bytes=min_bytes)
+        picked = sample_chunks(chunks, min(n_twins, min(pool, len(chunks))), seed=seed, pool=pool)
+        return to_frame(_chunks_to_texts(picked))
+    if path is None:
+        raise ValueError(f"source {source!r} needs a path")
+    if source == "folder":
+        chunks = chunk_documents(read_text_folder(path), max_bytes=max_bytes, min_bytes=min_bytes)
+        ordered = sample_chunks(chunks, min(pool, len(chunks)), seed=seed, pool=pool)
+        seen = {c.doc_id for c in ordered[:n_texts]}
+        rest = [c for c in ordered[n_texts:] if c.doc_id not in seen]
+        return to_frame(_chunks_to_texts(rest[:n_twins]))
+    if source == "jsonl":
+        texts = load_pile_jsonl(path)
+        seen = {_pile_doc(t) for t in texts[:n_texts]} - {None}
+        rest = [t for t in texts[n_texts:] if _pile_doc(t) is None or _pile_doc(t) not in seen]
+        return to_frame(rest[:n_twins])
+    raise ValueError(f"unknown corpus source {source!r}; expected one of {SOURCES}")
+
+
+def _pile_doc(text: CorpusText) -> str | None:
+    """The Pile document a JSONL line was cut from (``pile_idx`` in its origin), if known."""
+    for part in text.origin.split():
+        if part.startswith("pile_idx="):
+            return part.removeprefix("pile_idx=")
+    return None
+
+
 def corpus_hash(df: pl.DataFrame) -> str:
     """sha256 hex digest of the corpus content: its ``text_id`` and ``text`` columns.
 

@@ -1,0 +1,120 @@
+"""Leakage evidence against relatives and unseen twins, on synthetic scores (fast tier)."""
+
+import numpy as np
+
+from modelmap.geometry.centering import double_centre
+from modelmap.reports.leakage_evidence import (
+    LEAK,
+    choose_relatives,
+    combine,
+    gather_evidence,
+    robust_z,
+    statistics_png,
+)
+
+DOMAINS = ["a", "b", "c", "d", "e"]
+
+
+def synthetic(seed=0, n=500, m=150, leak=0.02, partial=None):
+    """Two families of models; per byte log-likelihoods with text difficulty shared by all.
+
+    Planted: fam0/leak gains `leak` nats/byte on every corpus text (or on the first
+    `partial` fraction of them) and nothing on the twins; fam0/better gains on both;
+    fam1/ft-a gains on domain a in both; fam1/broken is far worse everywhere.
+    """
+    rng = np.random.default_rng(seed)
+    dom_c = np.array([DOMAINS[i % 5] for i in range(n)])
+    dom_t = np.array([DOMAINS[i % 5] for i in range(m)])
+    bytes_c = rng.integers(300, 1000, n).astype(float)
+    bytes_t = rng.integers(300, 1000, m).astype(float)
+    diff_c, diff_t = rng.normal(-1.5, 0.3, n), rng.normal(-1.5, 0.3, m)
+    keys, rows_c, rows_t, links = [], [], [], []
+    for f in range(2):
+        fam_c, fam_t = rng.normal(0, 0.05, n), rng.normal(0, 0.05, m)
+        names = ["base"] + [f"ft{j}" for j in range(5)]
+        for name in names:
+            key = f"fam{f}/{name}"
+            keys.append(key)
+            rows_c.append(diff_c + fam_c + rng.normal(0, 0.005, n))
+            rows_t.append(diff_t + fam_t + rng.normal(0, 0.005, m))
+            if name != "base":
+                links.append((key, f"fam{f}/base"))
+    extra = {"fam0/leak": 0, "fam0/better": 0, "fam1/ft-a": 1, "fam1/broken": 1}
+    for key, f in extra.items():
+        base = keys.index(f"fam{f}/base")
+        c = rows_c[base] + rng.normal(0, 0.005, n)
+        t = rows_t[base] + rng.normal(0, 0.005, m)
+        if key == "fam0/leak":
+            seen = np.arange(n) < (n if partial is None else int(partial * n))
+            c = c + leak * seen
+        elif key == "fam0/better":
+            c, t = c + 0.03, t + 0.03
+        elif key == "fam1/ft-a":
+            c, t = c + 0.08 * (dom_c == "a"), t + 0.08 * (dom_t == "a")
+        else:
+            c, t = c - 0.5, t - 0.5
+        keys.append(key)
+        rows_c.append(c)
+        rows_t.append(t)
+        links.append((key, f"fam{f}/base"))
+    Yc, Yt = np.stack(rows_c), np.stack(rows_t)
+    return keys, Yc * bytes_c, bytes_c, dom_c, Yt * bytes_t, bytes_t, dom_t, links
+
+
+def screen(**kw):
+    keys, Lc, bc, dc, Lt, bt, dt, links = synthetic(**kw)
+    Q = double_centre(Lc)
+    relatives, sources = choose_relatives(Q, keys, links)
+    ev = gather_evidence(
+        keys,
+        Lc,
+        bc,
+        dc,
+        relatives,
+        twin_loglik=Lt,
+        twin_bytes=bt,
+        twin_domains=dt,
+        relatives_source=sources,
+    )
+    return keys, combine(None, ev), ev
+
+
+def test_leak_is_flagged_better_and_domain_finetune_and_broken_are_not():
+    keys, table, ev = screen()
+    flagged = table.filter(table["flagged"])["model"].to_list()
+    assert flagged == ["fam0/leak"]
+    row = table.filter(table["model"] == "fam0/leak").row(0, named=True)
+    assert row["verdict"] == LEAK and "unseen twins" in row["evidence"]
+    better = table.filter(table["model"] == "fam0/better").row(0, named=True)
+    assert better["relatives_z"] > 3.5 and abs(better["twin_z"]) < 3.5  # better, not leaked
+    assert "better, not leaked" in better["evidence"]
+    broken = table.filter(table["model"] == "fam1/broken").row(0, named=True)
+    assert broken["relatives_z"] < -3.5 and not broken["flagged"]
+    assert set(table["relatives_source"]) == {"lineage"}
+
+
+def test_a_quarter_leak_is_still_flagged_and_no_twins_falls_back_to_relatives():
+    _, table, _ = screen(leak=0.04, partial=0.25)
+    assert table.filter(table["flagged"])["model"].to_list() == ["fam0/leak"]
+    keys, Lc, bc, dc, *_, links = synthetic()
+    relatives, sources = choose_relatives(double_centre(Lc), keys, links)
+    no_twins = combine(None, gather_evidence(keys, Lc, bc, dc, relatives))
+    flagged = set(no_twins.filter(no_twins["flagged"])["model"])
+    assert {"fam0/leak", "fam0/better"} == flagged  # without twins the two look alike
+    assert "no twin texts" in no_twins.filter(no_twins["model"] == "fam0/leak")["evidence"][0]
+
+
+def test_relatives_fall_back_to_the_map_without_a_lineage():
+    keys, Lc, *_ = synthetic()
+    relatives, sources = choose_relatives(double_centre(Lc), keys, [], map_relatives=3)
+    assert set(sources) == {"map"} and all(len(r) == 3 for r in relatives)
+    fam = [k.split("/")[0] for k in keys]
+    assert all(fam[j] == fam[i] for i, rel in enumerate(relatives) for j in rel)
+
+
+def test_robust_z_ignores_nan_and_png(tmp_path):
+    z = robust_z(np.array([0.0, 1.0, 2.0, np.nan, 100.0]))
+    assert np.isnan(z[3]) and z[4] > 10
+    _, table, _ = screen()
+    out = statistics_png(table, tmp_path / "s.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
