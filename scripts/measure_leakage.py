@@ -1,0 +1,176 @@
+"""Measure the weakest planted leak each leakage statistic detects (README, "Leakage").
+
+Scores the embedded zoo and the graded planted models (`workshop.leak_zoo.LeakZooSpec.graded`)
+on the default 300-text corpus and its 100 twins, measures the three embedded tasks, then
+screens the zoo plus *one* planted model at a time (as a single leak would appear in the
+world: its relatives are the zoo's models, not other planted ones). Prints a table and writes
+``benchmarks/leakage.json``. Per-model scores are cached under ``--work`` (reruns are quick).
+
+    python scripts/measure_leakage.py --zoo $MODELMAP_CACHE/zoo --work /tmp/leakwork
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from modelmap.corpus.build import build_corpus, build_twins
+from modelmap.geometry.centering import clip_global, double_centre
+from modelmap.reports import leakage, leakage_evidence, lineage
+from modelmap.reports.tasks import default_tasks, evaluate_tasks
+from resources.scorer import ScorerResource
+from workshop import leak_zoo, zoo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def score_model(scorer, key, folder, corpus, twins, tasks, work: Path) -> dict:
+    cache = work / f"{key.replace('/', '--')}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    loaded = scorer.load(key, str(folder))
+    t0 = time.time()
+    c = scorer.score(loaded, corpus, log=lambda s: None)
+    t1 = time.time()
+    t = scorer.score(loaded, twins, log=lambda s: None)
+    t2 = time.time()
+    results = evaluate_tasks(
+        loaded.model, loaded.tokenizer, tasks, context=loaded.context_length, token_budget=2048
+    )
+    out = {
+        "corpus": np.asarray(c.loglik_nats).tolist(),
+        "twins": np.asarray(t.loglik_nats).tolist(),
+        "tasks": {r.task: r.accuracy for r in results},
+        "corpus_s": t1 - t0,
+        "twins_s": t2 - t1,
+    }
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def screen(keys, scores, declared, corpus_df, twins_df, mean_bytes):
+    L = np.array([scores[k]["corpus"] for k in keys])
+    T = np.array([scores[k]["twins"] for k in keys])
+    Q = double_centre(clip_global(L, 2.0)[0])
+    check = lineage.check_lineage(Q, keys, declared, mean_bytes)
+    links = [
+        (r["model"], r["declared_base"])
+        for r in check.pairs.iter_rows(named=True)
+        if r["within_band"]
+    ]
+    relatives, sources = leakage_evidence.choose_relatives(Q, keys, links)
+    ev = leakage_evidence.gather_evidence(
+        keys,
+        L,
+        corpus_df["n_bytes"].to_numpy(),
+        corpus_df["domain"].to_numpy(),
+        relatives,
+        twin_loglik=T,
+        twin_bytes=twins_df["n_bytes"].to_numpy(),
+        twin_domains=twins_df["domain"].to_numpy(),
+        relatives_source=sources,
+    )
+    bench = np.array([np.mean(list(scores[k]["tasks"].values())) for k in keys])
+    paper = leakage.screen(keys, L.mean(axis=1) / mean_bytes, bench)
+    return leakage_evidence.combine(paper.table, ev), check
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--n-texts", type=int, default=300)
+    parser.add_argument("--n-twins", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "leakage.json")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    corpus_df = build_corpus("embedded", args.n_texts)
+    twins_df = build_twins("embedded", args.n_texts, args.n_twins)
+    texts = corpus_df["text"].to_list()
+    mean_bytes = float(corpus_df["n_bytes"].mean())
+    leak_dir = args.work / "leak_zoo"
+    planted = leak_zoo.build_leak_zoo(args.zoo, leak_dir, texts, leak_zoo.LeakZooSpec.graded())
+    base = zoo.load_registry(args.zoo)
+    scorer = ScorerResource(device="cpu", dtype="bfloat16")
+    tasks = default_tasks()
+    scores = {}
+    for m, folder in [(m, args.zoo) for m in base] + [(m, leak_dir) for m in planted]:
+        t0 = time.time()
+        scores[m.key] = score_model(
+            scorer, m.key, m.local_path(folder), texts, twins_df["text"].to_list(), tasks, args.work
+        )
+        print(f"{m.key}: scored in {time.time() - t0:.1f}s", flush=True)
+
+    declared = {m.key: [m.base_model] if m.base_model else [] for m in base + planted}
+    zoo_keys = [m.key for m in base]
+    # The gain each zoo fine-tune makes on its own domain's corpus texts, per byte.
+    nb = corpus_df["n_bytes"].to_numpy()
+    dom = corpus_df["domain"].to_numpy()
+
+    def gain(key, sel=None):
+        b = declared[key][0]
+        g = (np.array(scores[key]["corpus"]) - np.array(scores[b]["corpus"])) / nb
+        return float(g.mean() if sel is None else g[sel].mean())
+
+    domain_names = {zoo.slug(d): d for d in set(dom)}
+    ft_gains = {
+        m.key: gain(m.key, dom == domain_names.get(zoo.slug(m.domain), m.domain))
+        for m in base + planted
+        if m.role == "finetune" and m.domain and zoo.slug(m.domain) in domain_names
+    }
+    rows = []
+    baseline, _ = screen(zoo_keys, scores, declared, corpus_df, twins_df, mean_bytes)
+    for m in planted:
+        table, check = screen(zoo_keys + [m.key], scores, declared, corpus_df, twins_df, mean_bytes)
+        r = table.row(len(zoo_keys), named=True)
+        others = table.head(len(zoo_keys))
+        spec = next(p for p in leak_zoo.LeakZooSpec.graded().models if p.key == m.key)
+        rows.append(
+            {
+                "model": m.key,
+                "texts": spec.texts,
+                "steps": spec.steps,
+                "mean_gain_on_corpus_nats_per_byte": gain(m.key),
+                "paper_z": r["paper_z"],
+                "relatives_z": r["relatives_z"],
+                "twin_z": r["twin_z"],
+                "twin_gap": r["twin_gap"],
+                "flag_paper_rule": bool(r["paper_z"] > 3.5),
+                "flag_twins": bool(r["twin_gap"] > 0 and r["twin_z"] > 3.5),
+                "flag_relatives_alone": bool(r["relatives_gain"] > 0 and r["relatives_z"] > 3.5),
+                "flag_combined": bool(r["flagged"]),
+                "other_models_flagged": others.filter(others["flagged"])["model"].to_list(),
+                "lineage_verdict": check.table.row(len(zoo_keys), named=True)["verdict"],
+            }
+        )
+    result = {
+        "corpus": {"n_texts": args.n_texts, "n_twins": twins_df.height},
+        "zoo_alone_flagged": baseline.filter(baseline["flagged"])["model"].to_list(),
+        "zoo_alone_flagged_paper_rule": baseline.filter(baseline["paper_z"] > 3.5)[
+            "model"
+        ].to_list(),
+        "finetune_gain_on_own_domain_nats_per_byte": ft_gains,
+        "planted": rows,
+        "twin_scoring_cost": float(
+            sum(s["twins_s"] for s in scores.values()) / sum(s["corpus_s"] for s in scores.values())
+        ),
+    }
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "planted"}, indent=1))
+    header = "model | texts | steps | gain | paper z | relatives z | twin z | combined | others"
+    print(header)
+    for r in rows:
+        print(
+            f"{r['model']} | {r['texts']} | {r['steps']} | "
+            f"{r['mean_gain_on_corpus_nats_per_byte']:.4f} | {r['paper_z']:.1f} | "
+            f"{r['relatives_z']:.1f} | {r['twin_z']:.1f} | {r['flag_combined']} | "
+            f"{r['other_models_flagged']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
