@@ -6,6 +6,7 @@ and binds the environment's settings then (`resources/settings.py`).
 
 import dagster as dg
 
+from modelmap_assets.budget import text_selection
 from modelmap_assets.corpus import corpus
 from modelmap_assets.geometry import coordinates, kl_table, model_map
 from modelmap_assets.reports import (
@@ -20,7 +21,15 @@ from resources.settings import build_resources
 
 # Per model (one run per `models` partition) and over all models (refreshed by automation).
 PER_MODEL = [likelihood, benchmark_scores]
-DOWNSTREAM = [coordinates, kl_table, model_map, regression_report, leakage_report, lineage_report]
+DOWNSTREAM = [
+    coordinates,
+    kl_table,
+    model_map,
+    regression_report,
+    leakage_report,
+    lineage_report,
+    text_selection,
+]
 ASSETS = [corpus, *PER_MODEL, *DOWNSTREAM]
 
 

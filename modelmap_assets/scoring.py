@@ -6,10 +6,18 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import torch
+from pydantic import Field
 
-from modelmap.likelihoods import SPLIT_TWIN, corpus_rows, likelihood_frame
+from modelmap.likelihoods import (
+    SPLIT_TWIN,
+    TEXT_SET_ALL,
+    TEXT_SET_BUDGET,
+    corpus_rows,
+    likelihood_frame,
+)
 from modelmap.scoring.engine import ScoreResult, ScoringError
 from modelmap.scoring.loading import LoadedModel, ModelLoadError
+from modelmap.selections import read_selection
 from modelmap.storage import InvalidModelKey, validate_model_key
 from modelmap_assets.corpus import corpus
 from modelmap_assets.partitions import models_partitions
@@ -72,18 +80,53 @@ def _base_models(info: dict) -> list[str]:
 CHECKS = ("text_ids_match_corpus", "all_finite", "corpus_hash_current")
 
 
-def likelihood_checks(storage: StorageResource, key: str, scored_on: str) -> list:
-    """Checks of the written file against the corpus as it is now (read back from disk)."""
+class LikelihoodConfig(dg.Config):
+    text_set: str = Field(
+        default=TEXT_SET_ALL,
+        description="`all`: score every corpus text (the model enters Q and the map's "
+        "embedding); `budget`: score only the texts of the current `text_selection` (the "
+        "model is placed on the map from its partial row, with weighted distances)",
+    )
+
+
+def _texts_to_score(
+    storage: StorageResource, text_set: str, texts: pl.DataFrame, corpus_hash: str
+) -> tuple[pl.DataFrame, dict]:
+    """The corpus rows to score and the file metadata that says which (text_set, selection)."""
+    if text_set == TEXT_SET_ALL:
+        return texts, {"text_set": TEXT_SET_ALL}
+    if text_set != TEXT_SET_BUDGET:
+        raise dg.Failure(description=f"text_set must be 'all' or 'budget', got {text_set!r}")
+    selection, meta = read_selection(storage.root)
+    if meta.get("corpus_hash") != corpus_hash:
+        raise dg.Failure(
+            description="the current text selection was drawn on another corpus "
+            f"({str(meta.get('corpus_hash'))[:12]}): materialize `text_selection` again"
+        )
+    chosen = texts.filter(pl.col("text_id").is_in(selection["text_id"].implode()))
+    return chosen, {
+        "text_set": TEXT_SET_BUDGET,
+        "selection_hash": meta["selection_hash"],
+        "n_selected": chosen.height,
+    }
+
+
+def likelihood_checks(
+    storage: StorageResource, key: str, scored_on: str, expected_ids: list[int] | None = None
+) -> list:
+    """Checks of the written file against the corpus as it is now (read back from disk);
+    a budget file is checked against its selection's text ids (`expected_ids`)."""
     corpus_df, corpus_meta = storage.read_corpus()
     written = corpus_rows(storage.likelihood_path(key))
-    same_ids = written["text_id"].to_list() == corpus_df["text_id"].to_list()
+    wanted = corpus_df["text_id"].to_list() if expected_ids is None else expected_ids
+    same_ids = written["text_id"].to_list() == wanted
     n_bad = int((~np.isfinite(written["loglik"].to_numpy())).sum())
     current = corpus_meta["corpus_hash"]
     return [
         dg.AssetCheckResult(
             check_name="text_ids_match_corpus",
             passed=same_ids,
-            metadata={"n_rows": written.height, "n_corpus": corpus_df.height},
+            metadata={"n_rows": written.height, "n_expected": len(wanted)},
         ),
         dg.AssetCheckResult(check_name="all_finite", passed=n_bad == 0, metadata={"n_bad": n_bad}),
         dg.AssetCheckResult(
@@ -104,15 +147,20 @@ def likelihood_checks(storage: StorageResource, key: str, scored_on: str) -> lis
 )
 def likelihood(
     context: dg.AssetExecutionContext,
+    config: LikelihoodConfig,
     scorer: ScorerResource,
     storage: StorageResource,
     model_source: ModelSourceResource,
     hub: HubResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Sum of token log-probabilities (nats) of each corpus text under one model."""
+    """Sum of token log-probabilities (nats) of each corpus text under one model (or of the
+    texts of the text budget only, with `text_set: budget`)."""
     key, started_at = context.partition_key, time.time()
     texts, corpus_meta = read_corpus_or_fail(storage)
+    texts, text_set_meta = _texts_to_score(
+        storage, config.text_set, texts, corpus_meta["corpus_hash"]
+    )
     try:
         loaded, info, path, trust = load_partition_model(context, scorer, model_source, hub)
         context.log.info(
@@ -160,6 +208,7 @@ def likelihood(
         "mean_loglik_nats": float(np.mean(result.loglik_nats)),
         "input_tokens": result.input_tokens,
         **twin_meta,
+        **text_set_meta,
     }
     df = frames[0]
     path = storage.write_likelihood(key, pl.concat(frames), meta)
@@ -178,14 +227,22 @@ def likelihood(
         started_at=started_at,
     )
     return dg.MaterializeResult(
-        check_results=likelihood_checks(storage, key, meta["corpus_hash"]),
+        check_results=likelihood_checks(
+            storage,
+            key,
+            meta["corpus_hash"],
+            None if config.text_set == TEXT_SET_ALL else texts["text_id"].to_list(),
+        ),
         metadata={
             **{k: v for k, v in meta.items() if k not in ("key",)},
             "mlflow_run_id": run_id or "",
             "n_texts": df.height,
             "path": dg.MetadataValue.path(str(path)),
         },
-        data_version=dg.DataVersion(f"{loaded.revision[:16]}-{corpus_meta['corpus_hash'][:16]}"),
+        data_version=dg.DataVersion(
+            f"{loaded.revision[:16]}-{corpus_meta['corpus_hash'][:16]}"
+            + (f"-budget-{meta['selection_hash'][:12]}" if "selection_hash" in meta else "")
+        ),
     )
 
 

@@ -33,6 +33,7 @@ def test_definitions_load():
         "regression_report",
         "leakage_report",
         "lineage_report",
+        "text_selection",
     }
     for name in ("likelihood", "benchmark_scores"):
         assert defs().get_assets_def(name).partitions_def.name == "models"

@@ -1,0 +1,255 @@
+"""Confidence intervals over texts for estimated 2KL, and whether neighbours are told apart.
+
+The estimate ``2KL(i, j) ~= (1/N) sum_s (d_s - dbar)^2`` with ``d_s = q_i(x_s) - q_j(x_s)``
+(nats) is a mean over the N corpus texts, so its uncertainty is that of the texts: which
+texts were drawn from the distribution the corpus samples. Two ways to get it:
+
+- **Bootstrap over texts** (percentile interval): resample the N texts with replacement B
+  times, recompute every estimate on the same resamples (so differences between two
+  estimates of one model are *paired*). Vectorised: with multinomial counts C (B x N) and
+  the P differences D (P x N), ``S1 = C D^T`` and ``S2 = C (D*D)^T`` give all B x P
+  resampled estimates ``S2/N - (S1/N)^2`` in two matrix products.
+  Under a text budget the same holds for the draws: the m draws are resampled (counts
+  multinomial over the selected texts with probabilities count/m) and each draw is weighted
+  by ``1/p_s`` as in `modelmap.geometry.textbudget`.
+- **Closed-form standard error** for every pair at once (the pairs table): with ``Y_s =
+  d_s^2`` (rows of Q are centred, so dbar = 0 over all N texts) the estimate is the mean of Y
+  and ``SE^2 = (mean(Y^2) - mean(Y)^2) / N``; ``mean(d^4)`` for all pairs comes from the
+  Gram-like products ``Q^3 Q^T``, ``Q^2 (Q^2)^T``. The interval is ``est +/- z SE`` clamped
+  at 0; it is symmetric where the bootstrap is not (a few texts can dominate a distance).
+
+Both are checked against held-out texts by `half_split_coverage`: from one half of the
+texts, the interval widened by sqrt(2) should contain the other half's estimate at its level.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import polars as pl
+
+from modelmap.geometry.kl import nats_per_text_to_bits_per_byte
+
+
+def z_value(level: float) -> float:
+    """Two-sided normal quantile for a confidence level in (0, 1)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def multinomial_counts(n_items: int, n_draws: int, B: int, rng, probs=None) -> np.ndarray:
+    """B x n_items float32 counts of ``n_draws`` draws each (uniform, or with ``probs``)."""
+    if probs is None:
+        flat = rng.integers(0, n_items, size=(B, n_draws))
+    else:
+        cdf = np.cumsum(probs)
+        cdf /= cdf[-1]
+        flat = np.minimum(np.searchsorted(cdf, rng.random((B, n_draws)), side="right"), n_items - 1)
+    flat += (np.arange(B) * n_items)[:, None]
+    return np.bincount(flat.ravel(), minlength=B * n_items).reshape(B, n_items).astype(np.float32)
+
+
+def bootstrap_two_kl(
+    diffs: np.ndarray,
+    counts: np.ndarray,
+    inv_p: np.ndarray | float,
+    n_draws: int,
+    n_corpus: int,
+    chunk: int = 2048,
+) -> np.ndarray:
+    """Resampled 2KL estimates (nats per text) of P differences under B count vectors.
+
+    Args:
+        diffs: P x n differences ``l_i - l_j`` over the n texts used (nats).
+        counts: B x n resampled draw counts of those texts (``multinomial_counts``).
+        inv_p: per-text ``1/p_s`` (n,) or a scalar (N for all N texts).
+        n_draws: draws per resample (m; N for all N texts).
+        n_corpus: N, the corpus size the estimate is a 2KL over.
+
+    Returns:
+        B x P float64: ``(1/m) [sum c v d^2 - (sum c v d)^2 / sum c v] / N`` with ``v = 1/p``,
+        which for all N texts is the variance of d under the resample.
+    """
+    counts = np.asarray(counts, dtype=np.float32)
+    cv = counts * np.asarray(inv_p, dtype=np.float32)  # B x n
+    total = cv.sum(axis=1, dtype=np.float64)[:, None]  # B x 1
+    out = np.empty((counts.shape[0], diffs.shape[0]), dtype=np.float64)
+    for start in range(0, diffs.shape[0], chunk):
+        # The estimate is shift-invariant: centre first so float32 sums keep their digits.
+        D64 = np.asarray(diffs[start : start + chunk], dtype=np.float64)
+        D = (D64 - D64.mean(axis=1, keepdims=True)).astype(np.float32)
+        s1 = (cv @ D.T).astype(np.float64)
+        s2 = (cv @ (D * D).T).astype(np.float64)
+        out[:, start : start + len(D)] = (s2 - s1 * s1 / total) / (n_draws * n_corpus)
+    return np.maximum(out, 0.0)
+
+
+def percentile_interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) per column of B x P bootstrap samples at a two-sided ``level``."""
+    alpha = (1 - level) / 2
+    low, high = np.quantile(samples, [alpha, 1 - alpha], axis=0)
+    return low, high
+
+
+def neighbour_intervals(
+    Q: np.ndarray,
+    idx: np.ndarray,
+    B: int,
+    level: float,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Bootstrap intervals of every model's k nearest 2KL and the paired test of its first two.
+
+    Args:
+        Q: K x N double-centred log-likelihoods (nats).
+        idx: K x k neighbour indices, nearest first (`kl.nearest_neighbours`).
+        B: bootstrap resamples of the N texts (shared by every pair: paired).
+        level: two-sided confidence level.
+
+    Returns:
+        ``low``, ``high``: K x k nats per text; ``gap_low``, ``gap_high``: K intervals of
+        2KL(second) - 2KL(nearest) (NaN where k < 2); ``distinguishable``: K bools, the gap's
+        interval excludes 0.
+    """
+    K, N = Q.shape
+    k = idx.shape[1]
+    rng = np.random.default_rng(seed)
+    counts = multinomial_counts(N, N, B, rng)
+    rows = np.repeat(np.arange(K), k)
+    low = np.empty(K * k)
+    high = np.empty(K * k)
+    gap_low = np.full(K, np.nan)
+    gap_high = np.full(K, np.nan)
+    step = max(1, 2048 // max(k, 1))  # models per block: ~2,048 pairs of N floats
+    for start in range(0, K, step):
+        sel = slice(start * k, min(K, start + step) * k)
+        a, b = rows[sel], idx.ravel()[sel]
+        D = np.asarray(Q[a], dtype=np.float32) - np.asarray(Q[b], dtype=np.float32)
+        samples = bootstrap_two_kl(D, counts, float(N), N, N)
+        low[sel], high[sel] = percentile_interval(samples, level)
+        if k >= 2:
+            per_model = samples.reshape(B, -1, k)
+            gap = per_model[:, :, 1] - per_model[:, :, 0]
+            g_lo, g_hi = percentile_interval(gap, level)
+            models = np.arange(start, min(K, start + step))
+            gap_low[models], gap_high[models] = g_lo, g_hi
+    return {
+        "low": low.reshape(K, k),
+        "high": high.reshape(K, k),
+        "gap_low": gap_low,
+        "gap_high": gap_high,
+        "distinguishable": gap_low > 0,
+    }
+
+
+def two_kl_standard_errors(Q: np.ndarray) -> np.ndarray:
+    """Closed-form standard error (nats per text) of every pair's 2KL estimate, K x K.
+
+    ``SE^2 = (mean_s d^4 - (mean_s d^2)^2) / N`` with ``d = q_i - q_j``; ``mean d^4`` expands
+    into ``m4_i + m4_j - 4 (Q^3 Q^T + Q Q^3T)/N + 6 Q^2 Q^2T / N`` (float64).
+    """
+    K, N = Q.shape
+    Q64 = np.asarray(Q, dtype=np.float64)
+    Q2 = Q64 * Q64
+    Q3 = Q2 * Q64
+    m2 = Q2.sum(axis=1)
+    m4 = (Q2 * Q2).sum(axis=1)
+    cross13 = Q3 @ Q64.T
+    mean_d4 = (m4[:, None] + m4[None, :] - 4.0 * (cross13 + cross13.T) + 6.0 * (Q2 @ Q2.T)) / N
+    mean_d2 = (m2[:, None] + m2[None, :] - 2.0 * (Q64 @ Q64.T)) / N
+    var = np.maximum(mean_d4 - mean_d2 * mean_d2, 0.0) / N
+    se = np.sqrt(var)
+    np.fill_diagonal(se, 0.0)
+    return se
+
+
+def normal_interval(est: np.ndarray, se: np.ndarray, level: float):
+    """``est +/- z se``, the low end clamped at 0 (a 2KL is never negative)."""
+    z = z_value(level)
+    return np.maximum(est - z * se, 0.0), est + z * se
+
+
+def half_split_coverage(
+    Q: np.ndarray,
+    pairs: np.ndarray,
+    n_splits: int = 200,
+    level: float = 0.95,
+    method: str = "bootstrap",
+    B: int = 500,
+    seed: int = 0,
+) -> dict:
+    """How often the interval from half the texts, widened by sqrt(2), holds the other half's
+    estimate (the issue's check: it should be ``level`` +/- 2%).
+
+    For each split the texts are permuted into disjoint halves A and B; ``est_A``, its
+    interval (``method`` "bootstrap" percentile with B resamples, or "normal" from the
+    closed-form SE) and ``est_B`` are computed on each half alone (rows re-centred over the
+    half). The interval is widened about ``est_A`` by sqrt(2) (est_B - est_A has twice the
+    variance of one half's estimate). Coverage is the fraction over splits and pairs.
+
+    Args:
+        Q: K x N (nats); pairs: P x 2 model indices.
+
+    Returns:
+        ``coverage``, ``n``, ``below`` (est_B under the interval), ``above``, ``level``,
+        ``method``, ``n_splits``.
+    """
+    rng = np.random.default_rng(seed)
+    K, N = Q.shape
+    half = N // 2
+    D_all = np.asarray(Q[pairs[:, 0]], dtype=np.float64) - np.asarray(Q[pairs[:, 1]], np.float64)
+    hits = below = above = 0
+    z = z_value(level)
+    widen = math.sqrt(2.0)
+    for _ in range(n_splits):
+        perm = rng.permutation(N)
+        A, Bh = D_all[:, perm[:half]], D_all[:, perm[half : 2 * half]]
+        est_a = A.var(axis=1)
+        est_b = Bh.var(axis=1)
+        if method == "bootstrap":
+            counts = multinomial_counts(half, half, B, rng)
+            samples = bootstrap_two_kl(A, counts, float(half), half, half)
+            lo, hi = percentile_interval(samples, level)
+        elif method == "normal":
+            Ac = A - A.mean(axis=1, keepdims=True)
+            Y = Ac * Ac
+            se = Y.std(axis=1) / math.sqrt(half)
+            lo, hi = est_a - z * se, est_a + z * se
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        lo_w = est_a + widen * (lo - est_a)
+        hi_w = est_a + widen * (hi - est_a)
+        below += int((est_b < lo_w).sum())
+        above += int((est_b > hi_w).sum())
+        hits += int(((est_b >= lo_w) & (est_b <= hi_w)).sum())
+    n = n_splits * len(pairs)
+    return {
+        "coverage": hits / n,
+        "below": below / n,
+        "above": above / n,
+        "n": n,
+        "level": level,
+        "method": method,
+        "n_splits": n_splits,
+    }
+
+
+def with_interval_columns(
+    table: pl.DataFrame, low_nats: np.ndarray, high_nats: np.ndarray, mean_bytes_per_text: float
+) -> pl.DataFrame:
+    """Add ``two_kl_nats_low/_high`` and ``two_kl_bits_per_byte_low/_high`` (row order)."""
+    low = np.asarray(low_nats, dtype=np.float64).ravel()
+    high = np.asarray(high_nats, dtype=np.float64).ravel()
+    return table.with_columns(
+        pl.Series("two_kl_nats_low", low),
+        pl.Series("two_kl_nats_high", high),
+        pl.Series(
+            "two_kl_bits_per_byte_low", nats_per_text_to_bits_per_byte(low, mean_bytes_per_text)
+        ),
+        pl.Series(
+            "two_kl_bits_per_byte_high", nats_per_text_to_bits_per_byte(high, mean_bytes_per_text)
+        ),
+    )
