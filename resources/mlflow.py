@@ -71,6 +71,88 @@ def _retry(fn, *args, **kwargs):
             time.sleep(0.1 * 2**attempt * (1 + random.random()))
 
 
+_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "token", "secret", "key", "sig", "signature")
+_DOWN: dict[str, float] = {}  # store URI -> when this process found it unreachable
+_DOWN_FOR_S = 300.0  # then one new short attempt
+_CONNECT_TIMEOUT_S = 3.0
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433, "http": 80, "https": 443}
+
+
+def mask_uri(uri: str) -> str:
+    """`uri` with its password and secret query values replaced by `***` (for messages)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [
+                (k, "***" if any(w in k.lower() for w in _SECRET_QUERY_KEYS) else v)
+                for k, v in pairs
+            ],
+            safe="*",
+        )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri  # nothing secret (and no normalising of the URI's spelling)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def mask_secrets(text: str, uri: str) -> str:
+    """`text` with the URI and each secret in it (password, secret query values) masked."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    text = text.replace(uri, mask_uri(uri))
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return text
+    secrets = [parts.password] if parts.password else []
+    secrets += [
+        v
+        for k, v in parse_qsl(parts.query)
+        if v and any(w in k.lower() for w in _SECRET_QUERY_KEYS)
+    ]
+    for secret in secrets:
+        for form in {secret, unquote(secret)}:
+            if len(form) >= 3:
+                text = text.replace(form, "***")
+    return text
+
+
+def unreachable(uri: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> str | None:
+    """Why the store at `uri` cannot be reached in one short attempt, or None if it answers.
+
+    MLflow retries a store that is down for minutes (about 100 s per call for a database):
+    one TCP connection with a timeout tells first. Local stores (SQLite, files) always pass.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0].lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    try:
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return None
+    except (OSError, ValueError) as exc:
+        return f"cannot connect to {parts.hostname}:{parts.port or _DEFAULT_PORTS[scheme]} ({exc})"
+
+
+class TrackingStoreDown(RuntimeError):
+    """The tracking store did not answer one short attempt."""
+
+
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
@@ -146,6 +228,14 @@ class MlflowResource(dg.ConfigurableResource):
         from mlflow.exceptions import MlflowException
 
         uri = self.uri()
+        down_since = _DOWN.get(uri)
+        if down_since is not None and time.monotonic() - down_since < _DOWN_FOR_S:
+            raise TrackingStoreDown("unreachable (found so earlier in this process)")
+        reason = unreachable(uri)
+        if reason is not None:
+            _DOWN[uri] = time.monotonic()
+            raise TrackingStoreDown(reason)
+        _DOWN.pop(uri, None)
         db = _sqlite_path(uri)
         if db is not None and uri not in _INITIALISED:
             # The first client on a new database creates its tables (tracking store eagerly,
@@ -210,14 +300,27 @@ class MlflowResource(dg.ConfigurableResource):
         return run_id
 
     def _soft(self, what: str, log_to, fn, /, *args, **kwargs):
+        """Call fn; a store error fails the step only when `required`. Every message masks the
+        store's credentials; a store found down is said once per process, then skipped."""
+        uri = self.uri() if self.enabled else ""
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
+            message = mask_secrets(
+                f"MLflow ({uri}): {what} not recorded: {type(exc).__name__}: {exc}", uri
+            )[:2000]
             if self.required:
-                raise
-            message = f"MLflow ({self.uri()}): {what} not recorded: {type(exc).__name__}: {exc}"
+                if mask_secrets(str(exc), uri) == str(exc) and not isinstance(
+                    exc, TrackingStoreDown
+                ):
+                    raise
+                raise RuntimeError(message) from None  # the original names a secret
+            if isinstance(exc, TrackingStoreDown) and "earlier in this process" in str(exc):
+                return None  # said once already
+            if isinstance(exc, TrackingStoreDown):
+                message += "; going on without MLflow in this run (the files are the record)"
             (log_to.log.warning if log_to is not None else logging.getLogger(__name__).warning)(
-                message[:2000]
+                message
             )
             return None
 
