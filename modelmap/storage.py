@@ -2,18 +2,27 @@
 
 Every output is written to a temporary name in its final folder and renamed into place, so a
 killed process leaves either the previous file or the new one, never a partial file, and two
-processes writing the same file leave one complete version (the last renamed). The temporary
-name carries the writer's host and pid; the next write of the same file removes temporary
-files that a process of this host left behind when it was killed.
+processes writing the same file leave one complete version (the last renamed). The data is
+fsynced before the rename and the folder after it, so a power cut leaves one of the two
+versions too.
+
+A temporary name is `.<name>.<host id>.<pid>.<random>.tmp`: the host id is 8 hex characters
+of a hash of the host name (a fixed length, so a 255-byte file-name limit is never crossed for
+a valid key; a name too long is shortened with a hash). The next write of the same file
+removes temporaries that a dead process of this host left; temporaries of another host (a
+shared volume), whose writer no one here can see, are removed only once older than
+`STALE_AFTER_S` (24 h by default), when no writer can still be filling them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,14 +90,41 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(final: Path) -> list[Path]:
-    """Delete temporary files of `final` whose writer (a process of this host) is gone."""
-    host, removed = socket.gethostname(), []
-    for tmp in final.parent.glob(f".{glob_escape(final.name)}.*.tmp"):
-        writer = tmp.name[len(final.name) + 2 :].rsplit(".", 3)  # host, pid, random, "tmp"
-        if len(writer) != 4 or writer[0] != host or not writer[1].isdigit():
+STALE_AFTER_S = 24 * 3600.0
+_NAME_MAX = 255
+_TMP_EXTRA = 1 + 1 + 8 + 1 + 10 + 1 + 8 + 4  # "." name "." host "." pid "." random ".tmp"
+
+
+def host_id() -> str:
+    """8 hex characters naming this host in temporary names (fixed length, any host name)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temporary_stem(name: str) -> str:
+    """`name`, or a shortened form with a hash when a temporary name would pass 255 bytes."""
+    room = _NAME_MAX - _TMP_EXTRA
+    if len(name.encode()) <= room:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name.encode()[: room - 13].decode(errors="ignore") + "~" + digest
+
+
+def remove_stale_temporaries(
+    final: Path, stale_after_s: float = STALE_AFTER_S, now: float | None = None
+) -> list[Path]:
+    """Delete temporary files of `final` that no writer can still be filling: those of a dead
+    process of this host, and any (another host's, an older naming's) older than
+    `stale_after_s` seconds."""
+    me, removed = host_id(), []
+    now = time.time() if now is None else now
+    for tmp in final.parent.glob(f".{glob_escape(temporary_stem(final.name))}.*.tmp"):
+        writer = tmp.name[len(temporary_stem(final.name)) + 2 :].rsplit(".", 3)
+        mine = len(writer) == 4 and writer[0] == me and writer[1].isdigit()
+        try:
+            age = now - tmp.stat().st_mtime
+        except FileNotFoundError:
             continue
-        if not pid_alive(int(writer[1])):
+        if (mine and not pid_alive(int(writer[1]))) or age > stale_after_s:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -98,19 +134,31 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(final: Path):
-    """Yield a temporary path next to `final`; rename it onto `final` if the block succeeds."""
+    """Yield a temporary path next to `final`; fsync it and rename it onto `final` if the block
+    succeeds (then fsync the folder, so the rename itself is durable)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final)
-    prefix = f".{final.name}.{socket.gethostname()}.{os.getpid()}."
+    prefix = f".{temporary_stem(final.name)}.{host_id()}.{os.getpid()}."
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync_path(tmp_path)
         os.replace(tmp_path, final)
+        fsync_path(final.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -1,6 +1,7 @@
 """Assets over all models: `coordinates` (L and Q), `kl_table` and `model_map`."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -35,6 +36,7 @@ from modelmap.selections import read_selection
 from modelmap.storage import write_parquet
 from modelmap_assets.metadata import png_md
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.runs import others_in_progress
 from modelmap_assets.scoring import likelihood
 from resources.mlflow import MlflowResource
 from resources.storage import StorageResource
@@ -127,7 +129,7 @@ def coordinates(
         raise dg.Failure(description="no model has been scored on the current corpus yet")
 
     K, N = len(models), len(text_ids)
-    out = storage.new_version_dir("coordinates")
+    out = storage.new_version_dir("coordinates", others_in_progress(context))
     L = np.lib.format.open_memmap(out / "L_raw.npy", mode="w+", dtype=np.float32, shape=(K, N))
     for row, meta in enumerate(models):
         scores = corpus_rows(storage.likelihood_path(meta["key"]))
@@ -428,6 +430,15 @@ def kl_table(
                         "two_kl_bits_per_byte_max": float(inside.max()),
                     }
                 )
+    else:
+        # A table of an earlier, smaller K is not this one: never leave it to be read or logged.
+        stale = out / "pairs.parquet"
+        if stale.exists():
+            stale.unlink()
+            context.log.info(
+                f"pairs.parquet removed: K={K} is over max_pair_models={config.max_pair_models}"
+            )
+        metadata["pairs"] = f"not written: K={K} > max_pair_models={config.max_pair_models}"
     metadata["nearest_neighbours"] = dg.MetadataValue.md(_nearest_md(neighbours, level))
     metadata["path"] = dg.MetadataValue.path(str(out))
     mlflow.log_run(
@@ -447,10 +458,14 @@ def kl_table(
             if k.startswith(("two_kl", "pairs_outside", "neighbours_outside", "nearest_dist"))
         },
         tags={"modelmap.asset": "kl_table"},
-        artifacts={"kl_table": sorted(out.glob("*.parquet"))},
+        artifacts={"kl_table": [out / "neighbours.parquet", *_if_exists(out / "pairs.parquet")]},
         context=context,
     )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _if_exists(path: Path) -> list[Path]:
+    return [path] if path.exists() else []
 
 
 def _nearest_md(neighbours: pl.DataFrame, level: float) -> str:

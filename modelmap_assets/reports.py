@@ -27,6 +27,7 @@ from modelmap.storage import write_parquet, write_text
 from modelmap_assets.geometry import coordinates, read_coordinates, refresh
 from modelmap_assets.metadata import md_table, png_md
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.runs import others_in_progress
 from modelmap_assets.scoring import MODEL_ERRORS, load_partition_model, model_failure
 from resources.benchmarks import BenchmarkResource
 from resources.hub import HubResource
@@ -178,7 +179,7 @@ def regression_report(
     fitted = regression.fit(Q, target_map)
     predicted = regression.predict_missing(Q, target_map, fitted, keys)
 
-    out = storage.new_version_dir("regression_report")
+    out = storage.new_version_dir("regression_report", others_in_progress(context))
     meta = {"corpus_hash": info["corpus_hash"], "K": len(keys)}
     write_parquet(report.table, out / "table.parquet", meta)
     write_parquet(report.predictions, out / "predictions.parquet", meta)

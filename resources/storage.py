@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pydantic import Field
 from modelmap.likelihoods import write_likelihood_file
 from modelmap.storage import (
     filename_to_key,
+    fsync_path,
     key_to_filename,
     path_inside,
     read_parquet_metadata,
@@ -26,6 +28,11 @@ class StorageResource(dg.ConfigurableResource):
     """Files of every asset under `base_dir` (Parquet and .npy, written atomically)."""
 
     base_dir: str = Field(default="data", description="outputs of every asset, one folder each")
+    stale_after_hours: float = Field(
+        default=24.0,
+        description="unfinished outputs (`.v-*` folders, temporaries of another host) older "
+        "than this are removed, never while a run of their asset is in progress",
+    )
 
     @property
     def root(self) -> Path:
@@ -91,15 +98,37 @@ class StorageResource(dg.ConfigurableResource):
         return self.model_file("benchmark_scores", key)
 
     # versioned folders for multi-file outputs (coordinates) -------------------------------
-    def new_version_dir(self, asset: str) -> Path:
-        """A fresh folder to fill; `publish_version` makes it current in one atomic step."""
+    def new_version_dir(self, asset: str, others_in_progress: bool = True) -> Path:
+        """A fresh folder to fill; `publish_version` makes it current in one atomic step.
+
+        Unfinished folders of killed runs (`.v-*`) older than `stale_after_hours` are removed
+        first, unless `others_in_progress` (another run of `asset` may still be filling one).
+        """
+        if not others_in_progress:
+            self.remove_unfinished_versions(asset)
         path = self.root / asset / f".v-{uuid.uuid4().hex[:12]}"
         path.mkdir(parents=True)
         return path
 
+    def remove_unfinished_versions(self, asset: str, now: float | None = None) -> list[Path]:
+        """Remove `.v-*` folders of `asset` whose newest file is older than
+        `stale_after_hours` (call only when no run of `asset` is in progress)."""
+        now = time.time() if now is None else now
+        folder, removed = self.root / asset, []
+        for version in folder.glob(".v-*") if folder.exists() else []:
+            newest = max((p.stat().st_mtime for p in [version, *version.rglob("*")]), default=0.0)
+            if now - newest > self.stale_after_hours * 3600:
+                shutil.rmtree(version, ignore_errors=True)
+                removed.append(version)
+        return removed
+
     def publish_version(self, asset: str, version_dir: Path, keep: int = 2) -> Path:
         final = version_dir.parent / version_dir.name.lstrip(".")
+        for path in version_dir.rglob("*"):  # durable before it becomes current
+            if path.is_file():
+                fsync_path(path)
         version_dir.rename(final)
+        fsync_path(final.parent)
         write_text(json.dumps({"current": final.name}), self.root / asset / "CURRENT.json")
         self._prune(asset, keep, final)
         return final

@@ -112,6 +112,7 @@ def test_a_killed_writer_leaves_no_file_and_its_temporary_is_swept(tmp_path):
 
 def _write_repeatedly(final, writer: int, until: float) -> None:
     df = pl.DataFrame({"writer": [writer] * 200_000, "i": range(200_000)})
+    write_parquet(df, final, {"writer": writer})  # at least once, however slow the start
     while time.time() < until:
         write_parquet(df, final, {"writer": writer})
 
