@@ -139,5 +139,7 @@ def test_two_writers_of_one_file_never_leave_it_partial_or_mixed(tmp_path):
     for w in writers:
         w.join()
         assert w.exitcode == 0
-    assert {1, 2} <= seen | {pl.read_parquet(final)["writer"][0]}
+    # Which versions the reader catches depends on the machine's load; that it only ever
+    # catches whole ones does not.
+    assert seen <= {0, 1, 2} and pl.read_parquet(final)["writer"][0] in (1, 2)
     assert [p.name for p in tmp_path.iterdir()] == [final.name]
