@@ -1,6 +1,6 @@
 """A backfill of many model partitions through the real webserver and daemon (not a test).
 
-    python benchmarks/bench_backfill.py --models 50 [--storage sqlite|postgres]
+    python benchmarks/bench_backfill.py --models 50 [--storage sqlite|postgres] [--write]
 
 Registers `--models` keys `batch/mNN` (each a copied folder of one small-zoo model, so every run
 loads and scores a real model) on a fresh platform (`workshop/platform.py`: the
@@ -8,6 +8,19 @@ committed dagster.yaml, or dagster.postgres.yaml on a fresh database of the `mak
 server, and a 40-text corpus), launches one backfill with `modelmap backfill` and reports its
 wall time, the runs, how many times the map was refreshed, whether "database is locked"
 appeared in any log, and the per-run timings (queued, process start, steps).
+
+The two figures of the issue's target:
+- `wall_s`: from the launch of the backfill to the last `likelihood` materialization of its
+  models (the map's refresh after it is not counted);
+- `pure_scoring_s`: the same models scored one after another in this process, warm (libraries
+  imported and one model scored before timing), each model loaded from its folder and scored
+  on the same corpus with the same scorer settings: what the batch would cost with no
+  platform at all.
+`benchmark_scores` runs in the same runs as `likelihood`; by default it measures no tasks
+(`MODELMAP_BENCHMARK_MEASURE=never`, it still writes each model's file), so both figures time
+the same work; `--measure-tasks` measures the tasks in the backfill and in the pure loop alike.
+With `--write` the figures go to the `backfill` entry of `benchmarks/scale.json` (other
+entries are kept).
 """
 
 import argparse
@@ -22,13 +35,75 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
+from modelmap_assets.batches import MODELS_PER_RUN, RANGE_START_TAG
 from modelmap_assets.cli.main import backfill
 from workshop.platform import local_platform, prepare
 
+SCALE_JSON = Path(__file__).resolve().parent / "scale.json"
+
+
+def last_likelihood_at(instance: dg.DagsterInstance, keys: list[str]) -> float:
+    """Unix time of the last `likelihood` materialization of `keys`."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("likelihood"), asset_partitions=keys),
+        limit=len(keys) * 4,
+    ).records
+    return max(r.timestamp for r in records)
+
+
+def pure_scoring_s(env: dict, keys: list[str], measure_tasks: bool) -> float:
+    """Seconds to load and score `keys` one after another in this (warmed-up) process."""
+    from modelmap.reports.tasks import evaluate_tasks
+    from modelmap.scoring.engine import default_token_budget
+    from modelmap_assets.definitions import build_resources
+
+    resources = build_resources(env)
+    scorer, source = resources["scorer"], resources["model_source"]
+    texts = resources["storage"].read_corpus()[0]["text"].to_list()
+    tasks = resources["benchmarks"].tasks() if measure_tasks else None
+
+    def one(key: str) -> None:
+        loaded = scorer.load(key, source.describe(key)["path"])
+        scorer.score(loaded, texts, log=lambda s: None)
+        if tasks is not None:
+            budget = scorer.token_budget or default_token_budget(loaded.device)
+            evaluate_tasks(
+                loaded.model,
+                loaded.tokenizer,
+                tasks,
+                context=loaded.context_length,
+                token_budget=budget,
+                log=lambda s: None,
+            )
+
+    one(keys[0])  # warm-up: imports, kernels, the tokenizer cache's first fill
+    t0 = time.perf_counter()
+    for key in keys:
+        one(key)
+    return time.perf_counter() - t0
+
+
+def write_backfill_entry(entry: dict) -> None:
+    """Read-modify-write only the `backfill` key of scale.json (others own `runs` etc.)."""
+    import fcntl
+
+    with open(SCALE_JSON.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(SCALE_JSON.read_text()) if SCALE_JSON.exists() else {}
+        data["backfill"] = entry
+        tmp = SCALE_JSON.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(SCALE_JSON)
+
 
 def run_timings(instance: dg.DagsterInstance) -> dict:
-    """Median seconds per model run: launch to process start, and start to end."""
-    records = [r for r in instance.get_run_records() if r.dagster_run.tags.get("dagster/partition")]
+    """Median seconds per scoring run (one model or a batch): launch to process start, and
+    start to end."""
+    records = [
+        r
+        for r in instance.get_run_records()
+        if r.dagster_run.tags.get("dagster/partition") or r.dagster_run.tags.get(RANGE_START_TAG)
+    ]
     starts = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
     runs = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
     return {
@@ -42,12 +117,15 @@ def main() -> int:
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--pg-port", default="5433")
+    parser.add_argument("--measure-tasks", action="store_true")
+    parser.add_argument("--write", action="store_true", help="write benchmarks/scale.json")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="modelmap-backfill-"))
-    extra, instance_yaml = {}, "dagster.yaml"
+    measure = "missing" if args.measure_tasks else "never"
+    extra, instance_yaml = {"MODELMAP_BENCHMARK_MEASURE": measure}, "dagster.yaml"
     if args.storage == "postgres":
         db = f"bench_{uuid.uuid4().hex[:8]}"
-        extra = {
+        extra |= {
             "MODELMAP_PG_HOST": "127.0.0.1",
             "MODELMAP_PG_PORT": args.pg_port,
             "MODELMAP_PG_USER": "modelmap",
@@ -67,6 +145,8 @@ def main() -> int:
         t0 = time.time()
         code = backfill(instance, keys, servers.url, wait=True, timeout_s=3 * 3600)
         wall = time.time() - t0
+    to_last_likelihood = last_likelihood_at(instance, keys) - t0
+    pure = pure_scoring_s(platform.env, keys, args.measure_tasks)
     statuses: dict[str, int] = {}
     for r in instance.get_runs():
         statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
@@ -78,7 +158,11 @@ def main() -> int:
         "storage": args.storage,
         "models": args.models,
         "backfill_exit": code,
-        "wall_s": round(wall, 1),
+        "wall_s": round(to_last_likelihood, 1),
+        "pure_scoring_s": round(pure, 1),
+        "ratio": round(to_last_likelihood / pure, 2),
+        "benchmark_measure": measure,
+        "wall_s_with_map_refresh": round(wall, 1),
         "runs": statuses,
         "map_refreshes": refreshes,
         "database_is_locked": locked,
@@ -86,6 +170,23 @@ def main() -> int:
         "folder": str(root),
     }
     print(json.dumps(result, indent=1))
+    if args.write and code == 0:
+        write_backfill_entry(
+            {
+                "models": args.models,
+                "wall_s": result["wall_s"],
+                "pure_scoring_s": result["pure_scoring_s"],
+                "ratio": result["ratio"],
+                "storage": args.storage,
+                "texts": 40,
+                "benchmark_measure": measure,
+                "models_per_run": MODELS_PER_RUN,
+                "command": "python benchmarks/bench_backfill.py --models "
+                f"{args.models} --storage {args.storage}"
+                + (" --measure-tasks" if args.measure_tasks else "")
+                + " --write",
+            }
+        )
     instance.dispose()
     return 0 if code == 0 else 1
 

@@ -16,10 +16,10 @@ from modelmap_assets.reports import (
     regression_report,
 )
 from modelmap_assets.scoring import likelihood
-from modelmap_assets.sensors import build_hub_models_sensor
+from modelmap_assets.sensors import batch_retry_sensor, build_hub_models_sensor, score_models_job
 from resources.settings import build_resources
 
-# Per model (one run per `models` partition) and over all models (refreshed by automation).
+# Per model (a run scores one model or a batch) and over all models (refreshed by automation).
 PER_MODEL = [likelihood, benchmark_scores]
 DOWNSTREAM = [
     coordinates,
@@ -33,11 +33,6 @@ DOWNSTREAM = [
 ASSETS = [corpus, *PER_MODEL, *DOWNSTREAM]
 
 
-score_models_job = dg.define_asset_job(
-    "score_models",
-    selection=PER_MODEL,
-    description="Score one model (a `models` partition) on the corpus and on the benchmarks.",
-)
 map_job = dg.define_asset_job(
     "build_map",
     selection=DOWNSTREAM,
@@ -59,9 +54,14 @@ def defs() -> dg.Definitions:
         jobs=[score_models_job, map_job],
         # The Hub sensor starts off: turn it on in the UI (Automation) or with
         # `dagster sensor start hub_models_sensor`; the automation sensor starts on.
-        sensors=[automation_sensor, build_hub_models_sensor()],
+        sensors=[
+            automation_sensor,
+            build_hub_models_sensor(),
+            # Runs each model that failed in a batch alone, so it fails with its own cause.
+            batch_retry_sensor,
+        ],
         resources=build_resources(),
-        # Steps run inside their run's process: a per-model run is two steps that load the
+        # Steps run inside their run's process: a scoring run is two steps that load the
         # same libraries, and a subprocess per step costs more than the step on a small model
         # (the run itself is already a process of its own; the `gpu` pool still holds each
         # step).

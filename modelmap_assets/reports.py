@@ -1,6 +1,7 @@
 """Benchmark assets: `benchmark_scores` (one model), `regression_report`, `leakage_report`."""
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
@@ -24,11 +25,12 @@ from modelmap.reports.predictor import ScorePredictor
 from modelmap.reports.tasks import TaskError, evaluate_tasks, tasks_hash
 from modelmap.scoring.engine import default_token_budget
 from modelmap.storage import write_parquet, write_text
+from modelmap_assets.batches import BATCH_POLICY, BatchFailures
 from modelmap_assets.geometry import coordinates, read_coordinates, refresh
 from modelmap_assets.metadata import md_table, png_md
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.runs import others_in_progress
-from modelmap_assets.scoring import MODEL_ERRORS, load_partition_model, model_failure
+from modelmap_assets.scoring import MODEL_ERRORS, model_failure, prefetched_models
 from resources.benchmarks import BenchmarkResource
 from resources.hub import HubResource
 from resources.mlflow import MlflowResource
@@ -37,11 +39,21 @@ from resources.scorer import ScorerResource
 from resources.storage import StorageResource
 
 
-@dg.asset(
-    partitions_def=models_partitions,
+@dg.multi_asset(
+    name="benchmark_scores",
+    specs=[
+        dg.AssetSpec(
+            "benchmark_scores",
+            partitions_def=models_partitions,
+            # Each model's materialization is reported by the step itself (see batches.py).
+            skippable=True,
+            kinds={"pytorch", "polars"},
+            group_name="modelmap",
+            description="A model's benchmark scores (%): published, or measured on the tasks.",
+        )
+    ],
     pool="gpu",
-    kinds={"pytorch", "polars"},
-    group_name="modelmap",
+    backfill_policy=BATCH_POLICY,
 )
 def benchmark_scores(
     context: dg.AssetExecutionContext,
@@ -51,48 +63,83 @@ def benchmark_scores(
     model_source: ModelSourceResource,
     hub: HubResource,
     mlflow: MlflowResource,
-) -> dg.MaterializeResult:
-    """One model's benchmark scores (%): published ones from the scores file, and for a model
-    the file does not list, its accuracy on the multiple-choice tasks, measured here."""
-    key, started_at = context.partition_key, time.time()
+) -> Iterator[dg.AssetMaterialization]:
+    """Each model's benchmark scores (%): published ones from the scores file, and for a model
+    the file does not list, its accuracy on the multiple-choice tasks, measured here (the next
+    model of a batch loads while the current one is measured)."""
+    keys = list(context.partition_keys)
+    failures = BatchFailures(keys)
     try:
         file = benchmarks.scores_file_read()
     except BenchmarkFileError as exc:
-        raise dg.Failure(description=f"model {key}: {exc}") from exc
-    published = (file.scores if file else empty_scores()).filter(pl.col("model") == key)
-    parts, meta = [published], {"key": key, "n_published": published.height}
-    if file is not None:
-        meta.update(_file_match_metadata(context, file, key))
-    if benchmarks.should_measure(listed_in_file=not published.is_empty()):
-        try:
-            tasks = benchmarks.tasks()
-            loaded, *_ = load_partition_model(context, scorer, model_source, hub)
-            results = evaluate_tasks(
-                loaded.model,
-                loaded.tokenizer,
-                tasks,
-                context=loaded.context_length,
-                token_budget=scorer.token_budget or default_token_budget(loaded.device),
-                log=lambda s: context.log.info(f"{key}: {s}"),
+        for key in keys:
+            failures.add(key, dg.Failure(description=f"model {key}: {exc}"), context.log)
+        failures.raise_if_any()
+    every = file.scores if file else empty_scores()
+    listed = {key: every.filter(pl.col("model") == key) for key in keys}
+    measure = [
+        k for k in keys if benchmarks.should_measure(listed_in_file=not listed[k].is_empty())
+    ]
+    loads = prefetched_models(context, measure, scorer, model_source, hub) if measure else None
+    tasks = None
+    for key in keys:
+        started_at = time.time()
+        parts, meta = [listed[key]], {"key": key, "n_published": listed[key].height}
+        if file is not None:
+            meta.update(_file_match_metadata(context, file, key))
+        if key in measure:
+            job = next(loads)
+            started_at -= job.wait_s
+            try:
+                tasks = tasks or benchmarks.tasks()
+                loaded, *_ = job.get()
+                results = evaluate_tasks(
+                    loaded.model,
+                    loaded.tokenizer,
+                    tasks,
+                    context=loaded.context_length,
+                    token_budget=scorer.token_budget or default_token_budget(loaded.device),
+                    log=lambda s, key=key: context.log.info(f"{key}: {s}"),
+                )
+            except (*MODEL_ERRORS, TaskError) as exc:
+                failures.add(key, model_failure(key, exc), context.log)
+                continue
+            finally:
+                del job
+            parts.append(
+                pl.DataFrame(
+                    [
+                        (key, r.task, SUITE_TASKS, r.accuracy, "measured", r.n_items)
+                        for r in results
+                    ],
+                    schema=listed[key].schema,
+                    orient="row",
+                )
             )
-        except (*MODEL_ERRORS, TaskError) as exc:
-            raise model_failure(key, exc) from exc
-        parts.append(
-            pl.DataFrame(
-                [(key, r.task, SUITE_TASKS, r.accuracy, "measured", r.n_items) for r in results],
-                schema=published.schema,
-                orient="row",
+            tokens, seconds = sum(r.n_tokens for r in results), sum(r.seconds for r in results)
+            meta.update(
+                tasks_hash=tasks_hash(tasks),
+                revision=loaded.revision,
+                dtype=str(loaded.dtype).removeprefix("torch."),
+                tokens_per_s=tokens / max(seconds, 1e-9),
+                wall_s=seconds,
             )
-        )
-        tokens, seconds = sum(r.n_tokens for r in results), sum(r.seconds for r in results)
-        meta.update(
-            tasks_hash=tasks_hash(tasks),
-            revision=loaded.revision,
-            dtype=str(loaded.dtype).removeprefix("torch."),
-            tokens_per_s=tokens / max(seconds, 1e-9),
-            wall_s=seconds,
-        )
-    scores = pl.concat(parts).select(SCORE_COLUMNS)
+            del loaded
+        yield record_scores(context, storage, mlflow, key, pl.concat(parts), meta, started_at)
+    failures.raise_if_any()
+
+
+def record_scores(
+    context: dg.AssetExecutionContext,
+    storage: StorageResource,
+    mlflow: MlflowResource,
+    key: str,
+    scores: pl.DataFrame,
+    meta: dict,
+    started_at: float,
+) -> dg.AssetMaterialization:
+    """Write model `key`'s scores and log them to MLflow; its materialization event."""
+    scores = scores.select(SCORE_COLUMNS)
     path = write_parquet(scores, storage.benchmark_path(key), meta)
     values = {f"score/{b}": s for b, s in zip(scores["benchmark"], scores["score"], strict=True)}
     mlflow.log_run(
@@ -103,12 +150,14 @@ def benchmark_scores(
         context=context,
         started_at=started_at,
     )
-    return dg.MaterializeResult(
+    return dg.AssetMaterialization(
+        asset_key="benchmark_scores",
+        partition=key,
         metadata={
             **{k: v for k, v in meta.items() if k != "key"},
             "scores": dg.MetadataValue.md(md_table(scores.drop("model"))),
             "path": dg.MetadataValue.path(str(path)),
-        }
+        },
     )
 
 

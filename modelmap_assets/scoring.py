@@ -1,6 +1,8 @@
-"""The `likelihood` asset: one model's log-likelihood of every corpus text (one partition)."""
+"""The `likelihood` asset: a model's log-likelihood of every corpus text (one partition per
+model; one run may score a batch of models, see `modelmap_assets.batches`)."""
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
@@ -17,8 +19,10 @@ from modelmap.likelihoods import (
 )
 from modelmap.scoring.engine import ScoreResult, ScoringError
 from modelmap.scoring.loading import LoadedModel, ModelLoadError
+from modelmap.scoring.prefetch import Prefetched, prefetched
 from modelmap.selections import read_selection
 from modelmap.storage import InvalidModelKey, validate_model_key
+from modelmap_assets.batches import BATCH_POLICY, BatchFailures, requested_revisions
 from modelmap_assets.corpus import corpus
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.tags import REVISION_TAG
@@ -27,6 +31,10 @@ from resources.mlflow import MlflowResource
 from resources.models import ModelSourceResource
 from resources.scorer import ScorerResource, peak_memory_mb
 from resources.storage import StorageResource
+
+LIKELIHOOD = dg.AssetKey("likelihood")
+# Dagster's tag for an asset event's data version (a model's revision and the corpus hash).
+DATA_VERSION_TAG = "dagster/data_version"
 
 # Errors that are the model's fault (or its files'): they fail its partition with a clear message.
 MODEL_ERRORS = (InvalidModelKey, ModelLoadError, ScoringError, FileNotFoundError)
@@ -40,26 +48,45 @@ def model_failure(key: str, exc: Exception) -> dg.Failure:
     return dg.Failure(description=message)
 
 
-def load_partition_model(
+def requested_revision(context: dg.AssetExecutionContext, key: str) -> str | None:
+    """The Hub sha the run must score for `key`, if the run pins one (else main)."""
+    pinned = requested_revisions(context.run.tags).get(key)
+    if pinned is None and context.run.tags.get("dagster/partition") == key:
+        pinned = context.run.tags.get(REVISION_TAG)  # single-model runs before batches
+    return pinned
+
+
+def load_model(
     context: dg.AssetExecutionContext,
+    key: str,
     scorer: ScorerResource,
     model_source: ModelSourceResource,
     hub: HubResource,
 ) -> tuple[LoadedModel, dict, str, bool]:
-    """The partition's model, loaded: (model, its description, its folder, trust_remote_code).
+    """Model `key`, loaded: (model, its description, its folder, trust_remote_code).
 
-    A Hub model is downloaded at exactly the sha the sensor saw (the run's revision tag), else
-    at main; a local model comes from its folder.
+    A Hub model is downloaded at exactly the sha the sensor saw (the run's tags), else at
+    main; a local model comes from its folder.
     """
-    key = context.partition_key
     validate_model_key(key)
     info = model_source.describe(key)
     path, sha = info["path"], None
     trust = hub.trusts_remote_code(key)
     if path is None:
-        path, sha, card = hub.fetch(key, context.run.tags.get(REVISION_TAG))
+        path, sha, card = hub.fetch(key, requested_revision(context, key))
         info.update(card)
     return scorer.load(key, path, revision=sha, trust_remote_code=trust), info, path, trust
+
+
+def prefetched_models(
+    context: dg.AssetExecutionContext,
+    keys: list[str],
+    scorer: ScorerResource,
+    model_source: ModelSourceResource,
+    hub: HubResource,
+) -> Iterator[Prefetched]:
+    """The run's models in order, the next one loading while the caller scores the current."""
+    return prefetched(keys, lambda key: load_model(context, key, scorer, model_source, hub))
 
 
 def read_corpus_or_fail(storage: StorageResource) -> tuple[pl.DataFrame, dict]:
@@ -112,24 +139,39 @@ def _texts_to_score(
 
 
 def likelihood_checks(
-    storage: StorageResource, key: str, scored_on: str, expected_ids: list[int] | None = None
-) -> list:
-    """Checks of the written file against the corpus as it is now (read back from disk);
-    a budget file is checked against its selection's text ids (`expected_ids`)."""
-    corpus_df, corpus_meta = storage.read_corpus()
+    storage: StorageResource,
+    key: str,
+    scored_on: str,
+    expected_ids: list[int] | None = None,
+    corpus_now: tuple[pl.DataFrame, dict] | None = None,
+) -> list[dg.AssetCheckEvaluation]:
+    """Checks of partition `key`'s file against the corpus as it is now (read back from disk,
+    or `corpus_now` when the caller has just read it); a budget file is checked against its
+    selection's text ids (`expected_ids`)."""
+    corpus_df, corpus_meta = corpus_now or storage.read_corpus()
     written = corpus_rows(storage.likelihood_path(key))
     wanted = corpus_df["text_id"].to_list() if expected_ids is None else expected_ids
     same_ids = written["text_id"].to_list() == wanted
     n_bad = int((~np.isfinite(written["loglik"].to_numpy())).sum())
     current = corpus_meta["corpus_hash"]
     return [
-        dg.AssetCheckResult(
+        dg.AssetCheckEvaluation(
+            asset_key=LIKELIHOOD,
+            partition=key,
             check_name="text_ids_match_corpus",
             passed=same_ids,
             metadata={"n_rows": written.height, "n_expected": len(wanted)},
         ),
-        dg.AssetCheckResult(check_name="all_finite", passed=n_bad == 0, metadata={"n_bad": n_bad}),
-        dg.AssetCheckResult(
+        dg.AssetCheckEvaluation(
+            asset_key=LIKELIHOOD,
+            partition=key,
+            check_name="all_finite",
+            passed=n_bad == 0,
+            metadata={"n_bad": n_bad},
+        ),
+        dg.AssetCheckEvaluation(
+            asset_key=LIKELIHOOD,
+            partition=key,
             check_name="corpus_hash_current",
             passed=scored_on == current,
             metadata={"scored_on": scored_on, "current": current},
@@ -137,13 +179,25 @@ def likelihood_checks(
     ]
 
 
-@dg.asset(
-    partitions_def=models_partitions,
-    deps=[corpus],
+@dg.multi_asset(
+    name="likelihood",
+    specs=[
+        dg.AssetSpec(
+            LIKELIHOOD,
+            deps=[corpus],
+            partitions_def=models_partitions,
+            # Each model's materialization is reported by the step itself (see batches.py).
+            skippable=True,
+            kinds={"pytorch", "polars"},
+            group_name="modelmap",
+            description="Sum of token log-probabilities (nats) of each corpus text, per model.",
+        )
+    ],
+    check_specs=[dg.AssetCheckSpec(name, asset=LIKELIHOOD) for name in CHECKS],
+    # Check results are reported per model as events too, so their outputs must be optional.
+    can_subset=True,
     pool="gpu",
-    kinds={"pytorch", "polars"},
-    group_name="modelmap",
-    check_specs=[dg.AssetCheckSpec(name, asset="likelihood") for name in CHECKS],
+    backfill_policy=BATCH_POLICY,
 )
 def likelihood(
     context: dg.AssetExecutionContext,
@@ -153,68 +207,110 @@ def likelihood(
     model_source: ModelSourceResource,
     hub: HubResource,
     mlflow: MlflowResource,
-) -> dg.MaterializeResult:
-    """Sum of token log-probabilities (nats) of each corpus text under one model (or of the
-    texts of the text budget only, with `text_set: budget`)."""
-    key, started_at = context.partition_key, time.time()
-    texts, corpus_meta = read_corpus_or_fail(storage)
+) -> Iterator:
+    """Sum of token log-probabilities (nats) of each corpus text under each model of the run
+    (one model, or a batch whose next model loads while the current one is scored), or of the
+    texts of the text budget only, with `text_set: budget`."""
+    keys = list(context.partition_keys)
+    corpus_now = read_corpus_or_fail(storage)
+    texts, corpus_meta = corpus_now
     texts, text_set_meta = _texts_to_score(
         storage, config.text_set, texts, corpus_meta["corpus_hash"]
     )
-    try:
-        loaded, info, path, trust = load_partition_model(context, scorer, model_source, hub)
-        context.log.info(
-            f"{key}: {loaded.n_params:,} parameters, revision {loaded.revision[:12]}, "
-            f"{loaded.dtype} on {loaded.device}, context {loaded.context_length}; "
-            f"scoring {texts.height} texts"
-        )
+    twins = storage.read_twins(corpus_meta["corpus_hash"])
+    failures = BatchFailures(keys)
+    for job in prefetched_models(context, keys, scorer, model_source, hub):
+        key, started_at = job.item, time.time() - job.wait_s
         try:
-            result = scorer.score(loaded, texts["text"].to_list(), log=context.log.info)
-        except ScoringError as exc:
-            if loaded.dtype == torch.float32:
-                raise
-            loaded, result = _retry_in_float32(context, scorer, loaded, path, trust, texts, exc)
-        # Held-out twins (leakage screen only): a separate call, so the corpus rows are the
-        # same as without them.
-        twins = storage.read_twins(corpus_meta["corpus_hash"])
-        twin_result = None
-        if twins is not None:
-            twin_result = scorer.score(loaded, twins[0]["text"].to_list(), log=context.log.info)
-    except MODEL_ERRORS as exc:
-        raise model_failure(key, exc) from exc
-
-    frames = [likelihood_frame(texts["text_id"], result.loglik_nats, result.n_tokens)]
-    twin_meta = {}
-    if twin_result is not None:
-        frames.append(
-            likelihood_frame(
-                twins[0]["text_id"], twin_result.loglik_nats, twin_result.n_tokens, SPLIT_TWIN
+            loaded, info, path, trust = job.get()
+            loaded, result = score_model(context, scorer, loaded, path, trust, texts)
+            # Held-out twins (leakage screen only): a separate call, so the corpus rows are
+            # the same as without them.
+            twin_result = None
+            if twins is not None:
+                twin_result = scorer.score(loaded, twins[0]["text"].to_list(), log=context.log.info)
+        except MODEL_ERRORS as exc:
+            failures.add(key, model_failure(key, exc), context.log)
+            continue
+        frames = [likelihood_frame(texts["text_id"], result.loglik_nats, result.n_tokens)]
+        twin_meta = {}
+        if twin_result is not None:
+            frames.append(
+                likelihood_frame(
+                    twins[0]["text_id"], twin_result.loglik_nats, twin_result.n_tokens, SPLIT_TWIN
+                )
             )
+            twin_meta = {"twins_hash": twins[1]["twins_hash"], "twin_wall_s": twin_result.wall_s}
+        meta = {
+            "key": key,
+            "family": info.get("family"),
+            "base_models": _base_models(info),
+            "revision": loaded.revision,
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "device": str(loaded.device),
+            "n_params": loaded.n_params,
+            "context_length": loaded.context_length,
+            "tokens_per_s": result.tokens_per_s,
+            "wall_s": result.wall_s,
+            "peak_mem_mb": peak_memory_mb(loaded.device),
+            "corpus_hash": corpus_meta["corpus_hash"],
+            "mean_loglik_nats": float(np.mean(result.loglik_nats)),
+            "input_tokens": result.input_tokens,
+            **twin_meta,
+            **text_set_meta,
+        }
+        yield from record_likelihood(
+            context,
+            storage,
+            mlflow,
+            meta,
+            frames,
+            None if config.text_set == TEXT_SET_ALL else texts["text_id"].to_list(),
+            corpus_now,
+            started_at,
         )
-        twin_meta = {"twins_hash": twins[1]["twins_hash"], "twin_wall_s": twin_result.wall_s}
-    meta = {
-        "key": key,
-        "family": info.get("family"),
-        "base_models": _base_models(info),
-        "revision": loaded.revision,
-        "dtype": str(loaded.dtype).removeprefix("torch."),
-        "device": str(loaded.device),
-        "n_params": loaded.n_params,
-        "context_length": loaded.context_length,
-        "tokens_per_s": result.tokens_per_s,
-        "wall_s": result.wall_s,
-        "peak_mem_mb": peak_memory_mb(loaded.device),
-        "corpus_hash": corpus_meta["corpus_hash"],
-        "mean_loglik_nats": float(np.mean(result.loglik_nats)),
-        "input_tokens": result.input_tokens,
-        **twin_meta,
-        **text_set_meta,
-    }
-    df = frames[0]
+    failures.raise_if_any()
+
+
+def score_model(
+    context: dg.AssetExecutionContext,
+    scorer: ScorerResource,
+    loaded: LoadedModel,
+    path: str,
+    trust: bool,
+    texts: pl.DataFrame,
+) -> tuple[LoadedModel, ScoreResult]:
+    """Score `texts` under `loaded`, once more in float32 if half precision overflowed."""
+    context.log.info(
+        f"{loaded.key}: {loaded.n_params:,} parameters, revision {loaded.revision[:12]}, "
+        f"{loaded.dtype} on {loaded.device}, context {loaded.context_length}; "
+        f"scoring {texts.height} texts"
+    )
+    try:
+        return loaded, scorer.score(loaded, texts["text"].to_list(), log=context.log.info)
+    except ScoringError as exc:
+        if loaded.dtype == torch.float32:
+            raise
+        return _retry_in_float32(context, scorer, loaded, path, trust, texts, exc)
+
+
+def record_likelihood(
+    context: dg.AssetExecutionContext,
+    storage: StorageResource,
+    mlflow: MlflowResource,
+    meta: dict,
+    frames: list[pl.DataFrame],
+    expected_ids: list[int] | None,
+    corpus_now: tuple[pl.DataFrame, dict],
+    started_at: float,
+) -> Iterator:
+    """Write one model's file and log it to MLflow; its materialization and checks as events
+    of its own partition."""
+    key, df = meta["key"], frames[0]
     path = storage.write_likelihood(key, pl.concat(frames), meta)
     context.log.info(
-        f"{key}: {result.input_tokens:,} tokens in {result.wall_s:.1f} s "
-        f"({result.tokens_per_s:,.0f} tokens/s), mean log-likelihood "
+        f"{key}: {meta['input_tokens']:,} tokens in {meta['wall_s']:.1f} s "
+        f"({meta['tokens_per_s']:,.0f} tokens/s), mean log-likelihood "
         f"{meta['mean_loglik_nats']:.2f} nats"
     )
     metrics = ("tokens_per_s", "wall_s", "peak_mem_mb", "mean_loglik_nats", "input_tokens")
@@ -226,24 +322,21 @@ def likelihood(
         context=context,
         started_at=started_at,
     )
-    return dg.MaterializeResult(
-        check_results=likelihood_checks(
-            storage,
-            key,
-            meta["corpus_hash"],
-            None if config.text_set == TEXT_SET_ALL else texts["text_id"].to_list(),
-        ),
+    version = f"{meta['revision'][:16]}-{meta['corpus_hash'][:16]}" + (
+        f"-budget-{meta['selection_hash'][:12]}" if "selection_hash" in meta else ""
+    )
+    yield dg.AssetMaterialization(
+        asset_key=LIKELIHOOD,
+        partition=key,
         metadata={
             **{k: v for k, v in meta.items() if k not in ("key",)},
             "mlflow_run_id": run_id or "",
             "n_texts": df.height,
             "path": dg.MetadataValue.path(str(path)),
         },
-        data_version=dg.DataVersion(
-            f"{loaded.revision[:16]}-{corpus_meta['corpus_hash'][:16]}"
-            + (f"-budget-{meta['selection_hash'][:12]}" if "selection_hash" in meta else "")
-        ),
+        tags={DATA_VERSION_TAG: version},
     )
+    yield from likelihood_checks(storage, key, meta["corpus_hash"], expected_ids, corpus_now)
 
 
 def _retry_in_float32(

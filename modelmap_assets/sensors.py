@@ -2,9 +2,11 @@
 
 Each tick lists the Hub newest first and takes what lies past the cursor:
 
-1. **New models** (by `createdAt`): a model not yet a partition is added to `models` and one
-   run is requested for it, pinned to the sha the listing showed, tagged with the base models
-   its card declares (`modelmap/base_model`; the run records them in its metadata).
+1. **New models** (by `createdAt`): a model not yet a partition is added to `models` and
+   scored, pinned to the sha the listing showed (the models of a tick share runs: a range of
+   up to `MODELS_PER_RUN` partitions per run, each model still failing alone); a model scored
+   alone is tagged with the base models its card declares (`modelmap/base_model`; the run
+   reads the card itself and records them in its metadata).
 2. **Updated models** (by `lastModified`): a known model whose sha differs from the one it was
    last scored at (and not already requested) is scored again.
 
@@ -23,6 +25,16 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from modelmap_assets.batches import (
+    MODELS_PER_RUN,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    RETRY_OF_TAG,
+    contiguous_batches,
+    range_tags,
+    requested_revisions,
+    sha_tags,
+)
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.reports import benchmark_scores
 from modelmap_assets.scoring import likelihood
@@ -96,7 +108,11 @@ def scored_revision(instance: dg.DagsterInstance, key: str) -> str | None:
 
 
 def already_requested(instance: dg.DagsterInstance, key: str, sha: str) -> bool:
-    """True if a run of partition `key` at `sha` exists (queued, running, done or failed)."""
+    """True if a run of model `key` at `sha` exists (queued, running, done or failed), alone
+    or in a batch."""
+    if instance.get_run_ids(dg.RunsFilter(tags=sha_tags({key: sha})), limit=1):
+        return True
+    # Single-model runs requested before batches carried only these two tags.
     runs = instance.get_run_ids(
         dg.RunsFilter(tags={"dagster/partition": key, REVISION_TAG: sha}), limit=1
     )
@@ -104,10 +120,48 @@ def already_requested(instance: dg.DagsterInstance, key: str, sha: str) -> bool:
 
 
 def run_request(repo_id: str, sha: str, reason: str, bases: list[str] = ()) -> dg.RunRequest:
-    tags = {REVISION_TAG: sha, SOURCE_TAG: reason}
+    """One model alone (run key `<repo id>@<sha>`)."""
+    tags = {REVISION_TAG: sha, SOURCE_TAG: reason, **sha_tags({repo_id: sha})}
     if bases:
         tags[BASE_MODEL_TAG] = ",".join(bases)[:1000]
     return dg.RunRequest(run_key=f"{repo_id}@{sha}", partition_key=repo_id, tags=tags)
+
+
+def batch_requests(
+    revisions: dict[str, str],
+    order: list[str],
+    reason: str,
+    max_per_run: int | None = None,
+    bases: dict[str, list[str]] | None = None,
+) -> list[dg.RunRequest]:
+    """Runs scoring the models of `revisions` ({key: sha}), several per run.
+
+    A run covers a range of `models` partitions, so models are grouped as they lie in `order`
+    (the partitions' order; newly added keys come last, in the order added). A run's key joins
+    its models' `<repo id>@<sha>`: a model at a new sha is a new run key, so it is scored again.
+    """
+    requests = []
+    for keys in contiguous_batches(order, list(revisions), max_per_run or MODELS_PER_RUN):
+        if len(keys) == 1:
+            bases_of = (bases or {}).get(keys[0], [])
+            requests.append(run_request(keys[0], revisions[keys[0]], reason, bases_of))
+            continue
+        pinned = {k: revisions[k] for k in keys}
+        requests.append(
+            dg.RunRequest(
+                run_key=" ".join(f"{k}@{sha}" for k, sha in pinned.items()),
+                tags={**range_tags(keys), **sha_tags(pinned), SOURCE_TAG: reason},
+            )
+        )
+    return requests
+
+
+def requested_models(request: dg.RunRequest, order: list[str]) -> list[str]:
+    """The model keys one of this sensor's run requests scores (`order`: the partitions)."""
+    if request.partition_key is not None:
+        return [request.partition_key]
+    first, last = request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]
+    return order[order.index(first) : order.index(last) + 1]
 
 
 def evaluate_hub(
@@ -116,10 +170,13 @@ def evaluate_hub(
     """One tick of `hub_models_sensor` (a function so tests can pass `now`)."""
     now = now or datetime.now(UTC)
     cursor = HubCursor.loads(context.cursor, timedelta(hours=hub.initial_lookback_hours), now)
-    known = set(context.instance.get_dynamic_partitions(models_partitions.name))
+    order = list(context.instance.get_dynamic_partitions(models_partitions.name))
+    known = set(order)
     cap = hub.max_models_per_tick
     new_keys: list[str] = []
-    requests: list[dg.RunRequest] = []
+    new: dict[str, str] = {}  # key -> sha, for new models
+    updated: dict[str, str] = {}  # key -> sha, for known models at a new sha
+    bases: dict[str, list[str]] = {}  # key -> base models its card declares
     refused: list[str] = []
     delayed = 0
 
@@ -128,12 +185,13 @@ def evaluate_hub(
             why = hub.refusal(m.id)
             if why:
                 refused.append(f"{m.id} ({why})")
-            elif len(requests) >= cap:
+            elif len(new) >= cap:
                 delayed += 1
                 continue  # neither taken nor after it: the next tick starts here
             else:
                 new_keys.append(m.id)
-                requests.append(run_request(m.id, m.sha, "hub-new", declared_bases(m)))
+                new[m.id] = m.sha
+                bases[m.id] = declared_bases(m)
         if delayed:
             continue
         cursor.created.take(m.created_at, m.id)
@@ -143,10 +201,11 @@ def evaluate_hub(
             if m.id in known and m.sha and hub.refusal(m.id) is None:
                 stale = scored_revision(context.instance, m.id) != m.sha
                 if stale and not already_requested(context.instance, m.id, m.sha):
-                    if len(requests) >= cap:
+                    if len(new) + len(updated) >= cap:
                         delayed += 1
                         break
-                    requests.append(run_request(m.id, m.sha, "hub-update", declared_bases(m)))
+                    updated[m.id] = m.sha
+                    bases[m.id] = declared_bases(m)
             cursor.modified.take(m.last_modified, m.id)
 
     if refused:
@@ -154,6 +213,9 @@ def evaluate_hub(
     if delayed:
         context.log.info(f"hub: cap of {cap} runs per tick reached; the rest waits a tick")
     partition_requests = [models_partitions.build_add_request(new_keys)] if new_keys else []
+    # New keys are added after every known one, in this order: each batch is a range.
+    requests = batch_requests(new, order + new_keys, "hub-new", bases=bases)
+    requests += batch_requests(updated, order, "hub-update", bases=bases)
     if not requests:
         return dg.SensorResult(
             skip_reason=dg.SkipReason(
@@ -162,8 +224,7 @@ def evaluate_hub(
             cursor=cursor.dumps(),
         )
     context.log.info(
-        f"hub: {len(new_keys)} new models, {len(requests) - len(new_keys)} updated; "
-        f"requesting {len(requests)} runs"
+        f"hub: {len(new)} new models, {len(updated)} updated; requesting {len(requests)} runs"
     )
     return dg.SensorResult(
         run_requests=requests,
@@ -176,7 +237,8 @@ def build_hub_models_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     minimum_interval_seconds: int = 60,
 ) -> dg.SensorDefinition:
-    """`hub_models_sensor`, targeting `likelihood` and `benchmark_scores` (one run per model)."""
+    """`hub_models_sensor`, targeting `likelihood` and `benchmark_scores` (several models per
+    run, see `modelmap_assets.batches`)."""
 
     @dg.sensor(
         name="hub_models_sensor",
@@ -192,3 +254,60 @@ def build_hub_models_sensor(
 
 
 hub_models_sensor = build_hub_models_sensor()
+
+
+score_models_job = dg.define_asset_job(
+    "score_models",
+    selection=[likelihood, benchmark_scores],
+    description="Score models (`models` partitions) on the corpus and on the benchmarks.",
+)
+
+
+def failed_in_batch(step_failures: list[dg.DagsterEvent]) -> dict[str, list[str]]:
+    """{model key: the per-model assets it failed} from a batch run's step failures (the
+    models a step names in its `failed_models` metadata, see `BatchFailures`)."""
+    failed: dict[str, list[str]] = {}
+    for event in step_failures:
+        data = event.step_failure_data.user_failure_data
+        named = data.metadata.get("failed_models") if data else None
+        for key in named.data if named is not None else []:
+            failed.setdefault(key, []).append(event.step_key)
+    return failed
+
+
+def retry_requests(run: dg.DagsterRun, step_failures: list[dg.DagsterEvent]) -> list:
+    """One run per model that failed in batch `run`, alone and at the sha the batch had."""
+    if RANGE_START_TAG not in run.tags or run.tags.get(RETRY_OF_TAG):
+        return []  # a single model already failed alone
+    revisions = requested_revisions(run.tags)
+    requests = []
+    for key, steps in sorted(failed_in_batch(step_failures).items()):
+        sha = revisions.get(key)
+        pinned = {REVISION_TAG: sha, **sha_tags({key: sha})} if sha else {}
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{run.run_id}:{key}",
+                partition_key=key,
+                asset_selection=[dg.AssetKey(step) for step in steps],
+                tags={RETRY_OF_TAG: run.run_id, **pinned},
+            )
+        )
+    return requests
+
+
+@dg.run_failure_sensor(
+    name="batch_retry_sensor",
+    request_job=score_models_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+    description="Runs each model that failed in a batch run alone, so it fails with its cause.",
+)
+def batch_retry_sensor(context: dg.RunFailureSensorContext):
+    """A batch run fails as a whole when one of its models fails (its other models are
+    materialized); each failed model is then scored in a run of its own, whose failure (or,
+    for a passing fault, success) is that model's alone."""
+    requests = retry_requests(context.dagster_run, context.get_step_failure_events())
+    if requests:
+        keys = ", ".join(r.partition_key for r in requests)
+        context.log.info(f"batch {context.dagster_run.run_id}: retrying {keys} alone")
+    return requests

@@ -277,6 +277,8 @@ class MlflowResource(dg.ConfigurableResource):
             )
             if context.has_partition_key:
                 tags["dagster.partition_key"] = context.partition_key
+            elif "modelmap.model" in tags:  # one model of a batch run (a partition range)
+                tags["dagster.partition_key"] = tags["modelmap.model"]
         finite = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(float(v))}
         skipped = {k: str(float(v)) for k, v in (metrics or {}).items() if k not in finite}
         if skipped:

@@ -8,7 +8,8 @@ import pytest
 from dagster._core.test_utils import create_run_for_test
 from huggingface_hub import HfApi
 
-from modelmap_assets.sensors import build_hub_models_sensor
+from modelmap_assets.batches import requested_revisions
+from modelmap_assets.sensors import build_hub_models_sensor, requested_models
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
 from workshop.hub_server import HubServer, publish
@@ -34,9 +35,17 @@ def tick(instance, hub, cursor=None, **settings):
     for req in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
     for req in result.run_requests or []:
-        tags = {**req.tags, "dagster/partition": req.partition_key, "dagster/run_key": req.run_key}
+        tags = {**req.tags, "dagster/run_key": req.run_key}
+        if req.partition_key:
+            tags["dagster/partition"] = req.partition_key
         create_run_for_test(instance, job_name="__ASSET_JOB", tags=tags)
     return result
+
+
+def scored(instance, result) -> list[str]:
+    """The model keys a tick's run requests score, in order (several per run)."""
+    order = list(instance.get_dynamic_partitions("models"))
+    return [k for r in result.run_requests or [] for k in requested_models(r, order)]
 
 
 def sha(hub, repo_id):
@@ -55,9 +64,11 @@ def test_first_tick_takes_the_lookback_only_then_new_models(paged_hub, tiny_mode
     with dg.instance_for_test() as instance:
         first = tick(instance, hub)
         keys = ["org/m0", "org/m1", "org/m2"]  # oldest first
-        assert [r.partition_key for r in first.run_requests] == keys
-        assert [r.run_key for r in first.run_requests] == [f"{k}@{sha(hub, k)}" for k in keys]
-        assert first.run_requests[0].tags[REVISION_TAG] == sha(hub, "org/m0")
+        # One run scores the three (a range of partitions), each pinned to its sha.
+        (run,) = first.run_requests
+        assert scored(instance, first) == keys
+        assert run.run_key == " ".join(f"{k}@{sha(hub, k)}" for k in keys)
+        assert requested_revisions(run.tags) == {k: sha(hub, k) for k in keys}
         (add,) = first.dynamic_partitions_requests
         assert add.partitions_def_name == "models" and list(add.partition_keys) == keys
         cursor = json.loads(first.cursor)
@@ -73,7 +84,7 @@ def test_first_tick_takes_the_lookback_only_then_new_models(paged_hub, tiny_mode
         publish_at(hub, tiny_model, "org/new-a", hours_ago=0.5)
         publish_at(hub, tiny_model, "other/new-b", hours_ago=0.2)
         later = tick(instance, hub, again.cursor)
-        assert [r.partition_key for r in later.run_requests] == ["org/new-a", "other/new-b"]
+        assert scored(instance, later) == ["org/new-a", "other/new-b"]
         assert list(later.dynamic_partitions_requests[0].partition_keys) == [
             "org/new-a",
             "other/new-b",
@@ -86,7 +97,8 @@ def test_paging_over_several_pages(paged_hub, tiny_model):
         publish_at(paged_hub, tiny_model, f"org/p{i}", hours_ago=10 - i)
     with dg.instance_for_test() as instance:
         result = tick(instance, paged_hub, max_models_per_tick=20)
-        assert [r.partition_key for r in result.run_requests] == [f"org/p{i}" for i in range(7)]
+        assert scored(instance, result) == [f"org/p{i}" for i in range(7)]
+        assert len(result.run_requests) == 1
 
 
 def test_updated_model_is_scored_again(paged_hub, tiny_model, tmp_path):
@@ -120,7 +132,7 @@ def test_cap_per_tick_delays_but_never_skips(paged_hub, tiny_model):
         cursor, seen = None, []
         for expected in (["org/m0", "org/m1"], ["org/m2", "org/m3"], ["org/m4"]):
             result = tick(instance, paged_hub, cursor, max_models_per_tick=2, deny=["spam/*"])
-            assert [r.partition_key for r in result.run_requests] == expected
+            assert scored(instance, result) == expected
             assert list(result.dynamic_partitions_requests[0].partition_keys) == expected
             seen += expected
             cursor = result.cursor
@@ -146,3 +158,21 @@ def test_run_requests_carry_the_declared_base(hub, tiny_model):
     tags = {r.partition_key: r.tags for r in result.run_requests}
     assert BASE_MODEL_TAG not in tags["org/base"]
     assert tags["org/child"][BASE_MODEL_TAG] == "org/base"
+
+
+def test_a_batch_larger_than_a_run_is_cut_into_ranges(paged_hub, tiny_model, monkeypatch):
+    import modelmap_assets.sensors as sensors
+
+    for i in range(5):
+        publish_at(paged_hub, tiny_model, f"org/r{i}", hours_ago=10 - i)
+    monkeypatch.setattr(sensors, "MODELS_PER_RUN", 2)
+    with dg.instance_for_test() as instance:
+        result = tick(instance, paged_hub, max_models_per_tick=20)
+        runs = [
+            requested_models(r, list(instance.get_dynamic_partitions("models")))
+            for r in result.run_requests
+        ]
+        assert runs == [["org/r0", "org/r1"], ["org/r2", "org/r3"], ["org/r4"]]
+        # A model already in a batch at its sha is not requested again when it shows as updated.
+        assert sensors.already_requested(instance, "org/r3", sha(paged_hub, "org/r3"))
+        assert not sensors.already_requested(instance, "org/r3", "0" * 40)

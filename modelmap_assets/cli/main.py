@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from modelmap.storage import validate_model_key
+from modelmap_assets.batches import contiguous_batches, range_tags
 from modelmap_assets.definitions import ASSETS, DOWNSTREAM, PER_MODEL
 from modelmap_assets.partitions import models_partitions
 from resources.settings import build_resources, command_line_default
@@ -61,30 +62,39 @@ def materialize_all(
     keys: list[str] | None = None,
     resources: dict | None = None,
 ) -> dict:
-    """Materialize corpus, every model partition (one run each), then the map and reports.
+    """Materialize corpus, every model partition (batches of models per run), then the map
+    and reports.
 
     A model that fails is reported and left out; the map is built from the rest.
     """
     resources = resources or build_resources(os.environ)
     materialize_corpus(instance, resources, corpus_config)
-    keys = keys or sorted(instance.get_dynamic_partitions(models_partitions.name))
-    failed = {}
-    for i, key in enumerate(keys, 1):
+    order = list(instance.get_dynamic_partitions(models_partitions.name))
+    keys = keys or order
+    failed, done = {}, 0
+    for batch in contiguous_batches(order, keys):
         t0 = time.perf_counter()
         result = dg.materialize(
             ASSETS,
             selection=PER_MODEL,
-            partition_key=key,
+            **({"partition_key": batch[0]} if len(batch) == 1 else {"tags": range_tags(batch)}),
             instance=instance,
             resources=resources,
             raise_on_error=False,
         )
-        status = "ok" if result.success else "FAILED"
-        if not result.success:
-            failed[key] = failure_message(result)
-        print(f"[{i}/{len(keys)}] {key}: {status} ({time.perf_counter() - t0:.1f} s)")
-        if not result.success:
-            print(f"    {failed[key]}")
+        written = {
+            (e.asset_key.to_user_string(), e.partition)
+            for e in result.get_asset_materialization_events()
+        }
+        seconds = (time.perf_counter() - t0) / len(batch)
+        for key in batch:
+            done += 1
+            ok = all((a.key.to_user_string(), key) in written for a in PER_MODEL)
+            if not ok:
+                failed[key] = model_failure_message(result, key)
+            print(f"[{done}/{len(keys)}] {key}: {'ok' if ok else 'FAILED'} (~{seconds:.1f} s)")
+            if not ok:
+                print(f"    {failed[key]}")
     maps = dg.materialize(
         ASSETS,
         selection=DOWNSTREAM,
@@ -198,6 +208,13 @@ def wait_for_refresh(
         if not stale or time.time() >= deadline:
             return stale
         time.sleep(poll_s)
+
+
+def model_failure_message(result: dg.ExecuteInProcessResult, key: str) -> str:
+    """Why model `key` failed in a run (of one model or a batch)."""
+    message = failure_message(result)
+    lines = [line.removeprefix("- ") for line in message.splitlines()]
+    return next((line for line in lines if line.startswith(f"model {key}:")), message)
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:

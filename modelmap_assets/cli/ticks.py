@@ -12,7 +12,7 @@ import dagster as dg
 
 from modelmap_assets import definitions
 from modelmap_assets.definitions import ASSETS, PER_MODEL
-from modelmap_assets.tags import REVISION_TAG
+from modelmap_assets.partitions import models_partitions
 
 DOWNSTREAM = dg.AssetSelection.assets(*definitions.DOWNSTREAM)
 
@@ -71,25 +71,33 @@ class LocalDaemon:
         return list(result.run_requests or [])
 
     def _run(self, request: dg.RunRequest, out: TickLog) -> None:
-        from modelmap_assets.cli.main import failure_message
+        """One requested run: a model alone, or a batch (a range of partitions)."""
+        from modelmap_assets.cli.main import model_failure_message
+        from modelmap_assets.sensors import requested_models
 
-        key = request.partition_key
-        sha = request.tags.get(REVISION_TAG, "?")
-        self.log(f"hub_models_sensor requested {key} at {sha[:12]}")
+        order = list(self.instance.get_dynamic_partitions(models_partitions.name))
+        keys = requested_models(request, order)
+        self.log(f"hub_models_sensor requested {', '.join(keys)}")
         run = dg.materialize(
             ASSETS,
             selection=PER_MODEL,
-            partition_key=key,
+            partition_key=request.partition_key,
             tags=request.tags,
             instance=self.instance,
             resources=self.resources,
             raise_on_error=False,
         )
-        if run.success:
-            out.scored.append(key)
-        else:
-            out.failed[key] = failure_message(run)
-            self.log(f"{key} failed: {out.failed[key]}")
+        written = {
+            e.partition
+            for e in run.get_asset_materialization_events()
+            if e.asset_key == dg.AssetKey("likelihood")
+        }
+        for key in keys:
+            if run.success or key in written:
+                out.scored.append(key)
+            else:
+                out.failed[key] = model_failure_message(run, key)
+                self.log(f"{key} failed: {out.failed[key]}")
 
     def _automation_tick(self, out: TickLog) -> list[str]:
         names = self._evaluate_and_run(out)
