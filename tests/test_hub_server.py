@@ -177,3 +177,19 @@ def test_declared_base_model_as_the_hub_serves_it(hub, tiny_model, tmp_path):
     _, _, card = HubResource(endpoint=hub.url, cache_dir=str(tmp_path / "c")).fetch("org/merge")
     # The family label comes from the same card (never evidence for the lineage check).
     assert card == {"family": "org/base", "base_models": ["org/base", "other/gone"]}
+
+
+def test_synthetic_listing_serves_k_models_from_memory():
+    from workshop.hub_server import HubServer, SyntheticHubStore, synthetic_sha
+
+    store = SyntheticHubStore(2500, family_size=10)
+    with HubServer(None, store=store) as server:
+        api = HfApi(endpoint=server.url, token=False)
+        models = list(api.list_models(sort="created_at", expand=["createdAt", "sha", "tags"]))
+        assert len(models) == 2500  # three pages of 1,000
+        assert models[0].id == "synth-f00249/ft-009" and models[-1].id == "synth-f00000/base"
+        assert models[0].created_at > models[-1].created_at
+        assert models[0].sha == synthetic_sha("synth-f00249/ft-009")
+        assert "family:synth-f00249" in models[0].tags
+        assert [m.id for m in api.list_models(author="synth-f00001")][-1] == "synth-f00001/base"
+        assert api.model_info("synth-f00001/ft-003").sha == synthetic_sha("synth-f00001/ft-003")

@@ -26,6 +26,8 @@ Routes (the ones huggingface_hub 2.4 and transformers 5 call):
 
 Start one with `python -m workshop.hub_server --root DIR --port N` (or `make hub`), or in
 Python with `HubServer(root).start()`; `publish(root, repo_id, folder)` adds or updates a repo.
+`--synthetic-models K` (`SyntheticHubStore`) serves a listing of K file-less repos held in
+memory instead: a Hub-sized listing for the scale benchmark, with no folders to walk.
 """
 
 from __future__ import annotations
@@ -306,6 +308,93 @@ class HubStore:
         else:  # createdAt; also the default for sorts this server does not know
             found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return found
+
+
+class SyntheticRepo:
+    """A listed repo without files: only what `/api/models` and a model's info page show."""
+
+    private = False
+    gated = False
+
+    def __init__(self, repo_id: str, created_at: str, family: str) -> None:
+        self.id = repo_id
+        self.created_at = self.last_modified = created_at
+        self.sha = synthetic_sha(repo_id)
+        base = f"{family}/base"
+        # A fine-tune declares its family's base, as a Hub model card does.
+        self.settings: dict[str, Any] = {} if repo_id == base else {"base_model": base}
+        self._tags = [f"family:{family}"]
+        self._tags += [f"base_model:{b}" for b in self.base_models]
+        self._tags += [f"base_model:finetune:{b}" for b in self.base_models]
+        self._tags += ["transformers", "text-generation", "safetensors"]
+        self.pipeline_tag, self.library_name = "text-generation", "transformers"
+
+    base_models = Repo.base_models
+
+    def allows(self, token: str | None) -> bool:
+        return False
+
+    def files(self) -> list[Path]:
+        return []
+
+    def tags(self) -> list[str]:
+        return list(self._tags)
+
+    def config(self) -> dict | None:
+        return None
+
+    info = Repo.info
+
+
+def synthetic_sha(repo_id: str) -> str:
+    """The sha a synthetic repo is listed at (40 hex, from its id)."""
+    return hashlib.sha1(f"synthetic {repo_id}".encode()).hexdigest()
+
+
+def synthetic_keys(n_models: int, family_size: int = 10) -> list[tuple[str, str]]:
+    """(repo id, family) of `n_models` synthetic models: families `synth-fNNNNN` of one base
+    (`.../base`) and `family_size - 1` fine-tunes (`.../ft-NNN`), in creation order."""
+    keys = []
+    for i in range(n_models):
+        family, member = f"synth-f{i // family_size:05d}", i % family_size
+        name = "base" if member == 0 else f"ft-{member:03d}"
+        keys.append((f"{family}/{name}", family))
+    return keys
+
+
+class SyntheticHubStore(HubStore):
+    """`n_models` synthetic repos held in memory (no folders): a Hub-sized listing served
+    cheaply, for the scale benchmark's `hub_models_sensor` tick. Repo `i` was created `i`
+    seconds after `start`, so the listing newest first is the reverse of `synthetic_keys`."""
+
+    def __init__(self, n_models: int, family_size: int = 10, start: datetime | None = None):
+        super().__init__(Path("/nonexistent-synthetic-hub"))
+        from datetime import timedelta
+
+        start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=n_models)
+        self._repos = [
+            SyntheticRepo(repo_id, iso(start + timedelta(seconds=i)), family)
+            for i, (repo_id, family) in enumerate(synthetic_keys(n_models, family_size))
+        ]
+        self._by_id = {r.id: r for r in self._repos}
+        self._newest_first = self._repos[::-1]
+
+    def repo(self, repo_id: str):  # type: ignore[override]
+        return self._by_id.get(repo_id)
+
+    def repos(self):  # type: ignore[override]
+        return iter(self._repos)
+
+    def search(self, query: dict[str, list[str]], token: str | None) -> list:  # type: ignore[override]
+        author = query.get("author", [None])[0]
+        search = (query.get("search", [""])[0] or "").lower()
+        if not author and not search:
+            return self._newest_first  # createdAt and lastModified orders are the same here
+        return [
+            r
+            for r in self._newest_first
+            if (not author or r.id.split("/")[0] == author) and search in r.id.lower()
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,8 +700,9 @@ class HubServer:
         port: int = 0,
         verbose: bool = False,
         page_size: int = DEFAULT_PAGE_SIZE,
+        store: HubStore | None = None,
     ) -> None:
-        self.store = HubStore(root)
+        self.store = store or HubStore(root)
         self.httpd = ThreadingHTTPServer((host, port), HubRequestHandler)
         self.httpd.daemon_threads = True
         self.httpd.store = self.store  # type: ignore[attr-defined]
@@ -728,12 +818,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.add_argument("--publish-zoo", type=Path, help="publish this zoo folder first")
+    parser.add_argument(
+        "--synthetic-models",
+        type=int,
+        default=0,
+        help="serve this many synthetic repos from memory instead of --root (listing only)",
+    )
+    parser.add_argument("--synthetic-family-size", type=int, default=10)
     args = parser.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)
     if args.publish_zoo:
         ids = publish_zoo(args.root, args.publish_zoo)
         print(f"published {len(ids)} zoo models to {args.root}", flush=True)
-    server = HubServer(args.root, args.host, args.port, verbose=not args.quiet)
+    store = (
+        SyntheticHubStore(args.synthetic_models, args.synthetic_family_size)
+        if args.synthetic_models
+        else None
+    )
+    server = HubServer(args.root, args.host, args.port, verbose=not args.quiet, store=store)
     n = sum(1 for _ in server.store.repos())
     print(f"local Hub: {n} repos in {server.store.root} at {server.url}", flush=True)
     print(f"use it with: export HF_ENDPOINT={server.url}", flush=True)
