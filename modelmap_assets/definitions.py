@@ -6,6 +6,7 @@ and binds the environment's settings then (`resources/settings.py`).
 
 import dagster as dg
 
+from modelmap_assets.automation import with_schedule
 from modelmap_assets.budget import text_selection
 from modelmap_assets.corpus import corpus
 from modelmap_assets.geometry import coordinates, kl_table, model_map
@@ -17,7 +18,7 @@ from modelmap_assets.reports import (
 )
 from modelmap_assets.scoring import likelihood
 from modelmap_assets.sensors import batch_retry_sensor, build_hub_models_sensor, score_models_job
-from resources.settings import build_resources
+from resources.settings import build_resources, code_location_setting
 
 # Per model (a run scores one model or a batch) and over all models (refreshed by automation).
 PER_MODEL = [likelihood, benchmark_scores]
@@ -50,7 +51,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=ASSETS,
+        assets=with_schedule(ASSETS, code_location_setting("MODELMAP_MAP_REFRESH")),
         jobs=[score_models_job, map_job],
         # The Hub sensor starts off: turn it on in the UI (Automation) or with
         # `dagster sensor start hub_models_sensor`; the automation sensor starts on.

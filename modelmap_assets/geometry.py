@@ -8,7 +8,6 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from modelmap.geometry.centering import clip_global, double_centre_into
 from modelmap.geometry.intervals import (
     neighbour_intervals,
     normal_interval,
@@ -23,7 +22,14 @@ from modelmap.geometry.kl import (
     pair_table,
     two_kl_nats,
 )
-from modelmap.geometry.mapping import embed_2d, plot_map_png, write_map_html
+from modelmap.geometry.mapping import (
+    MIN_MODELS_FOR_TSNE,
+    embed_2d,
+    embed_stable,
+    plot_map_png,
+    write_map_html,
+)
+from modelmap.geometry.placement import Centring
 from modelmap.geometry.regime import mark_kl_regime
 from modelmap.geometry.textbudget import (
     partial_row_distances,
@@ -33,7 +39,8 @@ from modelmap.geometry.textbudget import (
 from modelmap.likelihoods import TEXT_SET_ALL, TEXT_SET_BUDGET, corpus_rows, is_full
 from modelmap.likelihoods import read_metadata as read_likelihood_metadata
 from modelmap.selections import read_selection
-from modelmap.storage import write_parquet
+from modelmap.storage import read_parquet_metadata, write_parquet
+from modelmap_assets.automation import DEFAULT_SCHEDULE, coordinates_condition, eager_refresh
 from modelmap_assets.metadata import png_md
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.runs import others_in_progress
@@ -42,8 +49,9 @@ from resources.mlflow import MlflowResource
 from resources.storage import StorageResource
 
 # Refresh after upstream updates, but never wait for a model that failed or is missing:
-# the map is built from whatever has been scored.
-refresh = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+# the map is built from whatever has been scored. `coordinates` itself refreshes at most
+# hourly by default (`modelmap_assets.automation`; the code location applies the setting).
+refresh = eager_refresh
 
 
 class CoordinatesConfig(dg.Config):
@@ -76,6 +84,8 @@ def _load_models(
 
 
 CENTRED = "rows_and_columns_centred"
+#: The fitted clip value and column means, next to Q in each `coordinates` version.
+CENTRING_FILE = "centring.npz"
 
 
 def centring_check(Q: np.ndarray, block_rows: int = 4096) -> dg.AssetCheckResult:
@@ -105,7 +115,7 @@ def centring_check(Q: np.ndarray, block_rows: int = 4096) -> dg.AssetCheckResult
 
 @dg.asset(
     deps=[dg.AssetDep(likelihood, partition_mapping=dg.AllPartitionMapping())],
-    automation_condition=refresh,
+    automation_condition=coordinates_condition(DEFAULT_SCHEDULE),
     kinds={"numpy"},
     group_name="modelmap",
     check_specs=[dg.AssetCheckSpec(CENTRED, asset="coordinates", blocking=True)],
@@ -115,8 +125,9 @@ def coordinates(
 ) -> dg.MaterializeResult:
     """The K x N log-likelihood matrix L of every scored model, clipped, and double-centred Q.
 
-    Files (float32 .npy, memory-mappable): `L_raw.npy`, `L_clipped.npy`, `Q.npy`, and the model
-    index `models.parquet` (row, key, family, revision, ...), in a versioned folder.
+    Files (float32 .npy, memory-mappable): `L_raw.npy`, `L_clipped.npy`, `Q.npy`, the model
+    index `models.parquet` (row, key, family, revision, ...) and the fitted centring
+    `centring.npz` (clip value, column means: what places a new model), in a versioned folder.
     """
     corpus_df, corpus_meta = storage.read_corpus()
     corpus_hash = corpus_meta["corpus_hash"]
@@ -139,11 +150,17 @@ def coordinates(
             )
         L[row] = scores["loglik"].to_numpy()
     L.flush()
-    clipped, threshold = clip_global(L, config.clip_percentile)
-    np.save(out / "L_clipped.npy", clipped.astype(np.float32, copy=False))
+    # Clip value (exact, streamed) and column means: no copy of L in memory. Saved with Q so
+    # that a model scored later is placed with the same frozen values.
+    centring = Centring(percentile=config.clip_percentile or None).fit(L)
+    centring.save(out / CENTRING_FILE)
+    threshold = centring.clip_value
+    clipped = np.lib.format.open_memmap(out / "L_clipped.npy", "w+", np.float32, (K, N))
     Q = np.lib.format.open_memmap(out / "Q.npy", mode="w+", dtype=np.float32, shape=(K, N))
-    double_centre_into(clipped, Q)
+    centring.transform_into(L, Q, clipped)
+    clipped.flush()
     Q.flush()
+    del clipped
     index = pl.DataFrame(
         {
             "row": np.arange(K),
@@ -152,7 +169,7 @@ def coordinates(
             # Declared base models (card data or zoo registry), comma-separated; "" for none.
             "base_models": [",".join(m.get("base_models") or []) for m in models],
             "revision": [m.get("revision") for m in models],
-            "mean_loglik_nats": np.asarray(L).mean(axis=1),
+            "mean_loglik_nats": _row_means(L),
             "n_params": [m.get("n_params") for m in models],
             "dtype": [m.get("dtype") for m in models],
         }
@@ -180,6 +197,16 @@ def coordinates(
             "left_out": dg.MetadataValue.json(left_out),
             "path": dg.MetadataValue.path(str(final)),
         },
+    )
+
+
+def _row_means(L: np.ndarray, block_rows: int = 2048) -> np.ndarray:
+    """Mean of each row (float64), one block of rows at a time."""
+    return np.concatenate(
+        [
+            np.asarray(L[s : s + block_rows], dtype=np.float64).mean(axis=1)
+            for s in range(0, len(L), block_rows)
+        ]
     )
 
 
@@ -489,6 +516,14 @@ def _nearest_md(neighbours: pl.DataFrame, level: float) -> str:
     return "\n".join(lines)
 
 
+class ModelMapConfig(dg.Config):
+    keep_previous: bool = Field(
+        default=True,
+        description="start from the previous map and align to it, so that the models on it "
+        "do not move; false: a fresh t-SNE",
+    )
+
+
 @dg.asset(
     deps=[coordinates, kl_table],
     automation_condition=refresh,
@@ -496,16 +531,28 @@ def _nearest_md(neighbours: pl.DataFrame, level: float) -> str:
     group_name="modelmap",
 )
 def model_map(
-    context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    config: ModelMapConfig,
+    storage: StorageResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """The 2-D map: t-SNE of Q with the paper's settings (PCA for very few models).
 
-    Writes `map.png`, an interactive `map.html` and `map.parquet` (key, family, x, y).
+    A map users can learn: models already on the previous map start where they were and the
+    result is aligned to it (Procrustes), so they stay put; new models start where
+    `modelmap neighbours` placed them. Writes `map.png`, an interactive `map.html` and
+    `map.parquet` (key, family, x, y).
     """
     index, Q, info = read_coordinates(storage)
     keys = index["key"].to_list()
     families = index["family"].to_list()
-    xy, method = embed_2d(np.asarray(Q))
+    previous = _previous_map(storage.root / "model_map" / "map.parquet", keys, info["corpus_hash"])
+    if config.keep_previous and previous is not None and len(keys) >= MIN_MODELS_FOR_TSNE:
+        xy = embed_stable(Q, previous[0], previous[1])
+        method = "tsne"
+        context.log.info(f"{len(previous[1])} of {len(keys)} models kept from the previous map")
+    else:
+        xy, method = embed_2d(Q)
     scored_on = [f"all {info['N']} texts (embedded)"] * len(keys)
     mean_loglik = [round(v, 2) for v in index["mean_loglik_nats"]]
     # Models scored on a text budget cannot enter the embedding (their row is partial): each
@@ -590,6 +637,23 @@ def model_map(
             "html": dg.MetadataValue.path(str(html)),
         }
     )
+
+
+def _previous_map(
+    path: Path, keys: list[str], corpus_hash: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(positions, rows in `keys`) of the models of the previous t-SNE map on this corpus."""
+    if not path.exists():
+        return None
+    meta = read_parquet_metadata(path)
+    if meta.get("corpus_hash") != corpus_hash or meta.get("method") != "tsne":
+        return None
+    row_of = {k: i for i, k in enumerate(keys)}
+    kept = pl.read_parquet(path).filter(pl.col("key").is_in(list(row_of)))
+    if kept.height < 3:
+        return None
+    rows = np.array([row_of[k] for k in kept["key"].to_list()], dtype=np.int64)
+    return kept.select("x", "y").to_numpy().astype(np.float64), rows
 
 
 def _nearest(storage: StorageResource, keys: list[str]) -> list[str]:

@@ -221,11 +221,13 @@ def regression_report(
     if not target_map:
         context.log.warning("no benchmark has scores for 4 models or more yet: nothing to fit")
         return dg.MaterializeResult(metadata={"K": len(keys), "targets": 0})
-    Q = np.asarray(Q, dtype=np.float64)
+    # Q in its singular basis once, for every RidgeCV fit (exact up to 512 models or texts,
+    # the top 512 components above: see `modelmap.reports.regression`).
+    reduction = regression.reduce_rows(Q)
     report = regression.evaluate(
-        Q, index["mean_loglik_nats"].to_numpy(), target_map, families, keys
+        Q, index["mean_loglik_nats"].to_numpy(), target_map, families, keys, reduction=reduction
     )
-    fitted = regression.fit(Q, target_map)
+    fitted = regression.fit(Q, target_map, reduction=reduction)
     predicted = regression.predict_missing(Q, target_map, fitted, keys)
 
     out = storage.new_version_dir("regression_report", others_in_progress(context))

@@ -25,6 +25,7 @@ from modelmap.storage import InvalidModelKey, validate_model_key
 from modelmap_assets.batches import BATCH_POLICY, BatchFailures, requested_revisions
 from modelmap_assets.corpus import corpus
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.placement import placement_metadata
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
 from resources.mlflow import MlflowResource
@@ -322,6 +323,8 @@ def record_likelihood(
         context=context,
         started_at=started_at,
     )
+    # Neighbours and map position now, without waiting for the next full refresh.
+    placed = placement_metadata(storage, key, context.log)
     version = f"{meta['revision'][:16]}-{meta['corpus_hash'][:16]}" + (
         f"-budget-{meta['selection_hash'][:12]}" if "selection_hash" in meta else ""
     )
@@ -330,6 +333,7 @@ def record_likelihood(
         partition=key,
         metadata={
             **{k: v for k, v in meta.items() if k not in ("key",)},
+            **placed,
             "mlflow_run_id": run_id or "",
             "n_texts": df.height,
             "path": dg.MetadataValue.path(str(path)),

@@ -100,6 +100,27 @@ COMMAND_LINE: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Settings of the code location's automation, read when Dagster loads the definitions (an
+# automation condition is part of the definitions, not of a resource): (variable, default,
+# meaning).
+CODE_LOCATION: tuple[tuple[str, str, str], ...] = (
+    (
+        "MODELMAP_MAP_REFRESH",
+        "0 * * * *",
+        "the full refresh (coordinates, kl_table, model_map, reports) runs at most once per "
+        "tick of this cron schedule (UTC) after new scores; `eager`: after every scored model "
+        "(small maps, tests). A new model's neighbours and map position come at once anyway",
+    ),
+)
+
+
+def code_location_setting(variable: str, env: Mapping[str, str] | None = None) -> str:
+    """A setting of the code location's automation: the variable's value, else its default."""
+    env = os.environ if env is None else env
+    default = {v: d for v, d, _ in CODE_LOCATION}[variable]
+    return env.get(variable) or default
+
+
 def _field_type(resource: str, field: str) -> Any:
     return RESOURCES[resource].model_fields[field].annotation
 

@@ -163,6 +163,8 @@ def prepare(
         "MODELMAP_LOCAL_MODELS": str(zoo_dir),
         "MODELMAP_DEVICE": "cpu",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        # Tests watch the map follow each batch; the product default is hourly.
+        "MODELMAP_MAP_REFRESH": "eager",
         **(extra_env or {}),
     }
     # The instance file reads MODELMAP_PG_* from this process's environment as well.

@@ -228,6 +228,43 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
     return "the run failed before its step started"
 
 
+def print_neighbours(key: str, k: int, as_json: bool) -> int:
+    """`modelmap neighbours KEY`: place the model against the current map and print it."""
+    import json
+
+    from modelmap_assets.placement import PlacementError, place
+
+    try:
+        placed = place(build_resources(os.environ)["storage"], key, k)
+    except PlacementError as exc:
+        print(f"modelmap neighbours: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "model": key,
+                    "map_x": placed.x,
+                    "map_y": placed.y,
+                    "placed_among": placed.among,
+                    "on_map": placed.in_map,
+                    "neighbours": placed.neighbours.drop("model").to_dicts(),
+                }
+            )
+        )
+        return 0
+    where = "no map yet" if placed.x is None else f"({placed.x:.3f}, {placed.y:.3f})"
+    state = "on the map" if placed.in_map else "placed since the last map refresh"
+    print(f"{key}: {state}, among {placed.among} models; map position {where}")
+    print(f"{'rank':>4}  {'2KL bits/byte':>13}  {'2KL nats':>9}  neighbour")
+    for r in placed.neighbours.iter_rows(named=True):
+        print(
+            f"{r['rank']:>4}  {r['two_kl_bits_per_byte']:>13.4f}  {r['two_kl_nats']:>9.3f}  "
+            f"{r['neighbour']}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelmap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="wait until the backfill ends and automation has refreshed the map and reports",
     )
+    near = sub.add_parser(
+        "neighbours",
+        help="a model's nearest mapped models (2KL) and map position, without a map refresh",
+    )
+    near.add_argument("key", help="a scored model (org/name)")
+    near.add_argument("-k", type=int, default=10, help="neighbours to list")
+    near.add_argument("--json", action="store_true", help="print JSON instead of a table")
     mat = sub.add_parser("materialize", help="materialize corpus, every model and the map")
     demo = sub.add_parser(
         "demo", help="zoo on a local Hub, found by the sensor, scored and mapped automatically"
@@ -264,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.command == "neighbours":
+        return print_neighbours(args.key, args.k, args.json)
     instance = dg.DagsterInstance.get()
     if args.command == "zoo":
         build_and_register_zoo(instance, args.small, args.force)

@@ -1,0 +1,66 @@
+"""When the assets over all models refresh: after every model, or at most once per interval.
+
+At K = 10,000 a full refresh (coordinates, kl_table, model_map, the reports) takes minutes and
+models land every few seconds, so refreshing after each one would never catch up. A new model
+is placed alone in its own run instead (`modelmap_assets.placement`), and the full refresh
+runs at most once per tick of a cron schedule (`MODELMAP_MAP_REFRESH`, default hourly):
+
+* `coordinates` is requested when a model's scores landed since it was last requested and a
+  tick of the schedule has passed since then; it does not wait for models still being scored
+  (on a busy platform something always is) or for failed or missing ones: the map is built
+  from what has been scored. Only the very first map waits until no score is in progress, so
+  that a first batch gives one map, not one per model.
+* `kl_table` and `model_map` follow `coordinates` (eager on it).
+* the reports follow `coordinates` too, in the same run; a benchmark score alone does not
+  refresh them (its model's log-likelihoods come with it, and the next refresh picks both up).
+
+With `eager` instead of a schedule, everything refreshes after every model once no model is in
+progress (the behaviour for small maps, tests and the demo).
+"""
+
+import dagster as dg
+
+A = dg.AutomationCondition
+
+#: Default interval of the full refresh: hourly, on the hour (UTC).
+DEFAULT_SCHEDULE = "0 * * * *"
+EAGER = "eager"
+
+# Refresh after upstream updates, but never wait for a model that failed or is missing:
+# the map is built from whatever has been scored.
+eager_refresh = A.eager().without(~A.any_deps_missing())
+
+
+def coordinates_condition(schedule: str = DEFAULT_SCHEDULE) -> dg.AutomationCondition:
+    """`coordinates`: eager (``"eager"``), or at most once per tick of a cron ``schedule``."""
+    if schedule == EAGER:
+        return eager_refresh
+    due = A.cron_tick_passed(schedule).since_last_handled()
+    first_map = A.missing() & ~A.any_deps_in_progress()
+    return (eager_refresh.without(~A.any_deps_in_progress()) & (first_map | due)).with_label(
+        f"new scores, at most once per '{schedule}'"
+    )
+
+
+def reports_condition(coordinates_key: dg.AssetKey) -> dg.AutomationCondition:
+    """A report over Q and the scores, on a schedule: refreshed with the map (same run),
+    never from a benchmark score alone, never while Q is missing and not requested."""
+    only_map = dg.AssetSelection.assets(coordinates_key)
+    q_missing = A.any_deps_match(A.missing() & ~A.will_be_requested()).allow(only_map)
+    return (eager_refresh.allow(only_map) & ~q_missing).with_label("refresh with the map")
+
+
+def with_schedule(assets: list, schedule: str) -> list:
+    """The over-all-models assets with their conditions for ``schedule`` (see module doc)."""
+    from modelmap_assets.geometry import coordinates
+
+    def swap(spec: dg.AssetSpec) -> dg.AssetSpec:
+        if spec.key == coordinates.key:
+            return spec.replace_attributes(automation_condition=coordinates_condition(schedule))
+        if schedule == EAGER or spec.automation_condition is None:
+            return spec
+        if coordinates.key in {dep.asset_key for dep in spec.deps} and len(spec.deps) > 1:
+            return spec.replace_attributes(automation_condition=reports_condition(coordinates.key))
+        return spec
+
+    return list(dg.map_asset_specs(swap, assets))

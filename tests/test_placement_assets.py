@@ -1,0 +1,190 @@
+"""A new model placed against the current map (its neighbours and map position) without a
+refresh, through the real assets on a real Dagster instance with synthetic likelihood files."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from modelmap.geometry.centering import double_centre
+from modelmap.geometry.kl import two_kl_nats
+from modelmap.likelihoods import TEXT_SET_BUDGET, likelihood_frame
+from modelmap_assets.automation import EAGER, coordinates_condition, with_schedule
+from modelmap_assets.definitions import ASSETS
+from modelmap_assets.partitions import models_partitions
+from modelmap_assets.placement import neighbours, place
+from resources.settings import build_resources
+
+N, N_FAM, PER_FAM = 80, 4, 6
+HASH = "c0ffee" * 4
+
+
+def _row(rng, fam_vecs, f):
+    return -250 + fam_vecs[f] + rng.normal(0, 0.5, N) + rng.normal(0, 10)
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory):
+    """24 models in 4 families mapped (coordinates, kl_table, model_map); 4 more scored later."""
+    root = tmp_path_factory.mktemp("placement")
+    res = build_resources({"MODELMAP_DATA": str(root / "data"), "MODELMAP_MLFLOW": "off"})
+    storage = res["storage"]
+    texts = [f"text {i}" for i in range(N)]
+    storage.write_corpus(
+        pl.DataFrame(
+            {"text_id": np.arange(N), "text": texts, "domain": ["d"] * N, "n_bytes": [900] * N}
+        ),
+        {"corpus_hash": HASH, "mean_bytes": 900.0, "n_texts": N},
+    )
+    rng = np.random.default_rng(0)
+    fam_vecs = rng.normal(0, 4, size=(N_FAM, N))
+    keys, rows = [], []
+    for i in range(N_FAM * PER_FAM + N_FAM):
+        f = i % N_FAM
+        key = f"fam{f}/model-{i}"
+        row = _row(rng, fam_vecs, f)
+        storage.write_likelihood(
+            key,
+            likelihood_frame(np.arange(N), row),
+            {"key": key, "corpus_hash": HASH, "family": f"fam{f}"},
+        )
+        keys.append(key)
+        rows.append(row)
+    mapped_keys = keys[: N_FAM * PER_FAM]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(models_partitions.name, mapped_keys)
+        result = dg.materialize(
+            ASSETS,
+            selection=["coordinates", "kl_table", "model_map"],
+            instance=instance,
+            resources=res,
+        )
+        assert result.success
+        yield {
+            "storage": storage,
+            "instance": instance,
+            "resources": res,
+            "keys": keys,
+            "L": np.array(rows),
+            "root": root,
+        }
+
+
+@pytest.mark.slow
+def test_new_model_neighbours_equal_the_matrix_with_the_frozen_clip(mapped):
+    storage, keys, L = mapped["storage"], mapped["keys"], mapped["L"]
+    new = keys[-1]  # family 3, scored after the map was built
+    placed = place(storage, new, k=5)
+    assert not placed.in_map and placed.among == 24
+    assert placed.neighbours["neighbour"].str.starts_with("fam3/").all()
+    # Reference: the 25 models' clipped, double-centred matrix with the map's clip value.
+    folder = storage.current_version_dir("coordinates")
+    clip = json.loads((folder / "info.json").read_text())["clip_threshold_nats"]
+    rows = np.vstack([L[:24], L[-1:]])
+    D = two_kl_nats(double_centre(np.maximum(rows, clip)))[24, :24]
+    order = np.argsort(D, kind="stable")[:5]
+    assert placed.neighbours["neighbour"].to_list() == [keys[i] for i in order]
+    np.testing.assert_allclose(placed.neighbours["two_kl_nats"].to_numpy(), D[order], rtol=1e-4)
+    # Its map position is among its family's points.
+    mp = pl.read_parquet(storage.root / "model_map" / "map.parquet")
+    xy = mp.select("x", "y").to_numpy()
+    near = np.argsort(np.linalg.norm(xy - [placed.x, placed.y], axis=1))[:3]
+    assert all(k.startswith("fam3/") for k in mp["key"].gather(near).to_list())
+    meta = placed.metadata()
+    assert meta["nearest_model"].startswith("fam3/") and "map_x" in meta
+
+
+@pytest.mark.slow
+def test_a_mapped_model_is_not_its_own_neighbour_and_keeps_its_point(mapped):
+    storage, keys = mapped["storage"], mapped["keys"]
+    placed = place(storage, keys[0], k=3)
+    assert placed.in_map and keys[0] not in placed.neighbours["neighbour"].to_list()
+    mp = pl.read_parquet(storage.root / "model_map" / "map.parquet").filter(
+        pl.col("key") == keys[0]
+    )
+    assert (placed.x, placed.y) == (mp["x"][0], mp["y"][0])
+
+
+@pytest.mark.slow
+def test_a_budget_row_is_placed_from_its_texts(mapped):
+    storage, L = mapped["storage"], mapped["L"]
+    texts = np.arange(0, N, 2)
+    storage.write_likelihood(
+        "fam2/budget",
+        likelihood_frame(texts, L[-2][texts]),
+        {"corpus_hash": HASH, "text_set": TEXT_SET_BUDGET, "selection_hash": "s"},
+    )
+    placed = place(storage, "fam2/budget", k=4)
+    assert placed.text_set == TEXT_SET_BUDGET
+    assert placed.neighbours["neighbour"].str.starts_with("fam2/").all()
+
+
+@pytest.mark.slow
+def test_command_line_and_notebook_function(mapped, monkeypatch, capsys):
+    from modelmap_assets.cli.main import main
+
+    monkeypatch.setenv("MODELMAP_DATA", str(mapped["storage"].root))
+    key = mapped["keys"][-3]
+    assert main(["neighbours", key, "-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == key and len(out["neighbours"]) == 3 and out["map_x"] is not None
+    assert main(["neighbours", key, "-k", "2"]) == 0
+    assert "placed since the last map refresh" in capsys.readouterr().out
+    df = neighbours(key, k=3)
+    assert df.columns == [
+        "model",
+        "rank",
+        "neighbour",
+        "two_kl_nats",
+        "two_kl_bits_per_byte",
+        "map_x",
+        "map_y",
+    ]
+    assert df["neighbour"].to_list() == [n["neighbour"] for n in out["neighbours"]]
+    assert main(["neighbours", "org/never-scored"]) == 1
+    assert "no likelihood file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_refresh_keeps_the_map_and_drops_stale_pairs(mapped):
+    from modelmap.geometry.stability import displacement_frac
+
+    storage, instance, keys = mapped["storage"], mapped["instance"], mapped["keys"]
+    before = pl.read_parquet(storage.root / "model_map" / "map.parquet")
+    assert (storage.root / "kl_table" / "pairs.parquet").exists()
+    instance.add_dynamic_partitions(models_partitions.name, keys[24:])
+    result = dg.materialize(
+        ASSETS,
+        selection=["coordinates", "kl_table", "model_map"],
+        instance=instance,
+        resources=mapped["resources"],
+        run_config={"ops": {"kl_table": {"config": {"max_pair_models": 10}}}},
+    )
+    assert result.success
+    assert not (storage.root / "kl_table" / "pairs.parquet").exists()
+    after = pl.read_parquet(storage.root / "model_map" / "map.parquet")
+    assert after.height == 28
+    old = before.join(after, on="key", suffix="_new")
+    moved = displacement_frac(
+        old.select("x", "y").to_numpy(), old.select("x_new", "y_new").to_numpy()
+    )
+    assert moved < 0.05
+
+
+def test_the_full_refresh_is_rate_limited_by_default():
+    cond = coordinates_condition()
+    assert "at most once per '0 * * * *'" in cond.get_label()
+    assert coordinates_condition(EAGER).get_label() != cond.get_label()
+    scheduled = {a.key.to_user_string(): a for a in with_schedule(ASSETS, "*/5 * * * *")}
+    label = (
+        scheduled["coordinates"]
+        .automation_conditions_by_key[dg.AssetKey("coordinates")]
+        .get_label()
+    )
+    assert "*/5 * * * *" in label
+    report = scheduled["regression_report"].automation_conditions_by_key[
+        dg.AssetKey("regression_report")
+    ]
+    assert report.get_label() == "refresh with the map"
