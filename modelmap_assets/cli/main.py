@@ -14,6 +14,7 @@ import dagster as dg
 from modelmap.storage import validate_model_key
 from modelmap_assets.batches import contiguous_batches, range_tags
 from modelmap_assets.definitions import ASSETS, DOWNSTREAM, PER_MODEL
+from modelmap_assets.instance.inprocess import materialize_here
 from modelmap_assets.partitions import models_partitions
 from resources.settings import build_resources, command_line_default
 
@@ -46,7 +47,7 @@ def build_and_register_zoo(instance: dg.DagsterInstance, small: bool, force: boo
 
 
 def materialize_corpus(instance: dg.DagsterInstance, resources: dict, corpus_config: dict) -> None:
-    run = dg.materialize(
+    run = materialize_here(
         ASSETS,
         selection=["corpus"],
         instance=instance,
@@ -74,7 +75,7 @@ def materialize_all(
     failed, done = {}, 0
     for batch in contiguous_batches(order, keys):
         t0 = time.perf_counter()
-        result = dg.materialize(
+        result = materialize_here(
             ASSETS,
             selection=PER_MODEL,
             **({"partition_key": batch[0]} if len(batch) == 1 else {"tags": range_tags(batch)}),
@@ -95,7 +96,7 @@ def materialize_all(
             print(f"[{done}/{len(keys)}] {key}: {'ok' if ok else 'FAILED'} (~{seconds:.1f} s)")
             if not ok:
                 print(f"    {failed[key]}")
-    maps = dg.materialize(
+    maps = materialize_here(
         ASSETS,
         selection=DOWNSTREAM,
         instance=instance,

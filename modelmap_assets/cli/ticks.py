@@ -12,6 +12,7 @@ import dagster as dg
 
 from modelmap_assets import definitions
 from modelmap_assets.definitions import ASSETS, PER_MODEL
+from modelmap_assets.instance.inprocess import materialize_here
 from modelmap_assets.partitions import models_partitions
 
 DOWNSTREAM = dg.AssetSelection.assets(*definitions.DOWNSTREAM)
@@ -78,7 +79,7 @@ class LocalDaemon:
         order = list(self.instance.get_dynamic_partitions(models_partitions.name))
         keys = requested_models(request, order)
         self.log(f"hub_models_sensor requested {', '.join(keys)}")
-        run = dg.materialize(
+        run = materialize_here(
             ASSETS,
             selection=PER_MODEL,
             partition_key=request.partition_key,
@@ -124,6 +125,6 @@ class LocalDaemon:
             return []
         names = sorted(k.to_user_string() for k in keys)
         self.log(f"automation requested {', '.join(names)}")
-        dg.materialize(ASSETS, selection=keys, instance=self.instance, resources=self.resources)
+        materialize_here(ASSETS, selection=keys, instance=self.instance, resources=self.resources)
         out.refreshed.append(names)
         return names

@@ -69,6 +69,14 @@ def worker_alive(pid: int, recorded_at: float) -> bool:
 def worker_health(instance: dg.DagsterInstance, run: dg.DagsterRun) -> CheckRunHealthResult:
     found = run_worker_pid(instance, run.run_id)
     if found is None:
+        from modelmap.storage import host_id
+        from modelmap_assets.instance.inprocess import tagged_process
+
+        tagged = tagged_process(run)  # a run executed in process (`modelmap materialize`)
+        record = instance.get_run_record_by_id(run.run_id)
+        if tagged is not None and tagged[0] == host_id() and record is not None:
+            found = tagged[1], record.create_timestamp.timestamp()
+    if found is None:
         # The worker can mark the run started before the code server records its pid; the
         # daemon fails any status but RUNNING, so not knowing yet counts as running.
         return CheckRunHealthResult(WorkerStatus.RUNNING, "the run worker's pid is not known yet")

@@ -1,0 +1,92 @@
+"""A run killed inside an in-process `materialize` never keeps its `gpu` slot, and Ctrl-C stops
+a run that waits for one (real processes, a real SQLite instance with a one-slot pool)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.launcher import WorkerStatus
+from platformtools import wait_for
+
+from modelmap_assets.instance.inprocess import fail_dead_runs
+from modelmap_assets.instance.launcher import worker_health
+
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def home(tmp_path):
+    (tmp_path / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
+    )
+    return tmp_path
+
+
+def _instance(home: Path) -> dg.DagsterInstance:
+    from dagster._core.instance.ref import InstanceRef
+
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+def _start(home: Path, seconds: float, marker: Path) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(HERE.parent)}
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "slot_holder.py"), str(seconds), str(marker)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _claimed(instance, pool: str = "gpu") -> int:
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    return len(info.active_run_ids | info.pending_run_ids)  # runs holding or waiting for it
+
+
+def test_a_killed_in_process_run_is_failed_and_its_slot_freed(home, tmp_path):
+    holder = _start(home, 600, tmp_path / "held")
+    wait_for(lambda: (tmp_path / "held").exists(), timeout_s=120, what="the step to start")
+    os.killpg(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with _instance(home) as instance:
+        assert _claimed(instance) == 1  # the dead run still holds the slot
+        # The monitoring daemon's health check sees it too (for a `dagster-daemon` instance).
+        (dead,) = instance.get_runs()
+        assert worker_health(instance, dead).status == WorkerStatus.FAILED
+        (failed,) = fail_dead_runs(instance)
+        run = instance.get_run_by_id(failed)
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        assert _claimed(instance) == 0
+    # The next run gets the slot at once.
+    nxt = _start(home, 0, tmp_path / "next")
+    assert nxt.wait(timeout=120) == 0 and "success" in nxt.stdout.read()
+
+
+def test_ctrl_c_stops_a_run_waiting_for_the_slot(home, tmp_path):
+    holder, waiter = _start(home, 600, tmp_path / "held"), None
+    try:
+        wait_for(lambda: (tmp_path / "held").exists(), timeout_s=120, what="the step to start")
+        waiter = _start(home, 0, tmp_path / "waiter")
+        with _instance(home) as instance:
+            wait_for(lambda: _claimed(instance) == 2, timeout_s=120, what="the waiter to queue")
+            started = time.monotonic()
+            os.kill(waiter.pid, signal.SIGINT)
+            assert waiter.wait(timeout=30) != 0
+            assert time.monotonic() - started < 30
+            assert not (tmp_path / "waiter").exists()
+            waiting = [r for r in instance.get_runs() if r.status != dg.DagsterRunStatus.STARTED]
+            assert [r.status for r in waiting] == [dg.DagsterRunStatus.FAILURE]
+            assert _claimed(instance) == 1  # only the holder's
+    finally:
+        for process in (holder, waiter):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
