@@ -66,12 +66,13 @@ def materialize_all(
     """Materialize corpus, every model partition (batches of models per run), then the map
     and reports.
 
-    A model that fails is reported and left out; the map is built from the rest.
+    A model that fails is reported and left out; the map is built from the rest. Models
+    imported from a published matrix are not scored unless `keys` names them.
     """
     resources = resources or build_resources(os.environ)
     materialize_corpus(instance, resources, corpus_config)
     order = list(instance.get_dynamic_partitions(models_partitions.name))
-    keys = keys or order
+    keys = keys or [k for k in order if not imported(resources["storage"], k)]
     failed, done = {}, 0
     for batch in contiguous_batches(order, keys):
         t0 = time.perf_counter()
@@ -211,6 +212,46 @@ def wait_for_refresh(
         time.sleep(poll_s)
 
 
+def imported(storage, key: str) -> bool:
+    """Whether `key`'s scores were imported from a published matrix (never scored here)."""
+    from modelmap.likelihoods import ORIGIN_IMPORTED, read_metadata
+
+    path = storage.likelihood_path(key)
+    return path.exists() and read_metadata(path).get("origin") == ORIGIN_IMPORTED
+
+
+def import_matrix(
+    instance: dg.DagsterInstance, path: str, corpus_check: bool, corpus_file: str | None = None
+) -> int:
+    """`modelmap import-matrix`: 0 when imported, 1 with the reason when refused."""
+    from modelmap.published import PublishedMatrixError, UnsafePickleError, read_published_matrix
+    from modelmap_assets.imports import import_published_matrix
+
+    resources = build_resources(os.environ)
+    storage = resources["storage"]
+    try:
+        if corpus_file:
+            n_texts = read_published_matrix(path).shape[1]
+            config = {
+                "source": "jsonl",
+                "path": str(Path(corpus_file).resolve()),
+                "n_texts": n_texts,
+            }
+            materialize_corpus(instance, resources, config)
+        report = import_published_matrix(instance, storage, path, corpus_check=corpus_check)
+    except (PublishedMatrixError, UnsafePickleError, FileNotFoundError) as exc:
+        print(f"import-matrix: {exc}", file=sys.stderr)
+        return 1
+    for name, key in list(report.renamed.items())[:20]:
+        print(f"  {name!r} -> partition {key}")
+    print(
+        "the map refreshes by declarative automation (make ui); score a model of your own "
+        "with `modelmap register KEY` and a backfill, or `modelmap materialize` with the same "
+        "corpus settings (imported models are never scored)"
+    )
+    return 0
+
+
 def model_failure_message(result: dg.ExecuteInProcessResult, key: str) -> str:
     """Why model `key` failed in a run (of one model or a batch)."""
     message = failure_message(result)
@@ -295,6 +336,24 @@ def main(argv: list[str] | None = None) -> int:
     near.add_argument("key", help="a scored model (org/name)")
     near.add_argument("-k", type=int, default=10, help="neighbours to list")
     near.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    imp = sub.add_parser(
+        "import-matrix",
+        help="add the models of a published log-likelihood matrix (the paper's "
+        "raw_log-likelihood_1018.pkl) as `models` partitions, without scoring them",
+    )
+    imp.add_argument("path", help="the pickle: {model name: vector of N log-likelihoods}")
+    imp.add_argument(
+        "--corpus",
+        default=None,
+        help="texts-10k-pile.jsonl: materialize the corpus from it first (N = the matrix's)",
+    )
+    imp.add_argument(
+        "--corpus-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="require the current corpus to be texts-10k-pile.jsonl (default); the number of "
+        "texts must match either way",
+    )
     mat = sub.add_parser("materialize", help="materialize corpus, every model and the map")
     demo = sub.add_parser(
         "demo", help="zoo on a local Hub, found by the sensor, scored and mapped automatically"
@@ -321,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "backfill":
         return backfill(instance, args.keys, args.url, args.wait)
+    if args.command == "import-matrix":
+        return import_matrix(instance, args.path, args.corpus_check, args.corpus)
     corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
     t0 = time.perf_counter()
     if args.command == "demo":
