@@ -9,11 +9,12 @@ import polars as pl
 from pydantic import Field
 
 from modelmap.geometry.intervals import (
+    bootstrap_interval,
     neighbour_intervals,
     normal_interval,
-    percentile_interval,
     two_kl_standard_errors,
     with_interval_columns,
+    z_value,
 )
 from modelmap.geometry.kl import (
     nats_per_text_to_bits_per_byte,
@@ -299,7 +300,12 @@ def _budget_tables(
     for b in budget:
         full = np.asarray(L_clipped[:, b["columns"]], dtype=np.float64)
         weight = b["selection"]["weight"].to_numpy()
-        est = partial_row_distances(b["loglik"], full, weight, info["clip_threshold_nats"]) / N
+        est = (
+            partial_row_distances(
+                b["loglik"], L_clipped, b["columns"], weight, info["clip_threshold_nats"]
+            )
+            / N
+        )
         samples = weighted_bootstrap_two_kl(
             b["loglik"],
             full,
@@ -310,14 +316,14 @@ def _budget_tables(
             config.bootstrap_resamples,
             rng,
         )
-        low, high = percentile_interval(samples, config.interval_level)
+        low, high = bootstrap_interval(est, samples, config.interval_level)
         order = np.argsort(est, kind="stable")[:k]
         gap_low = gap_high = float("nan")
         if k >= 2:
-            g_lo, g_hi = percentile_interval(
-                samples[:, order[1]] - samples[:, order[0]], config.interval_level
-            )
-            gap_low, gap_high = float(g_lo), float(g_hi)
+            gap = est[order[1]] - est[order[0]]
+            sd = float(np.std(samples[:, order[1]] - samples[:, order[0]], ddof=1))
+            z = z_value(config.interval_level)
+            gap_low, gap_high = gap - z * sd, gap + z * sd
         table = pl.DataFrame(
             {
                 "model": [b["key"]] * k,
@@ -410,7 +416,7 @@ def kl_table(
     table_meta = {
         "corpus_hash": info["corpus_hash"],
         "interval_level": level,
-        "interval_method_neighbours": f"bootstrap percentile, B={config.bootstrap_resamples}",
+        "interval_method_neighbours": f"normal, bootstrap SE (B={config.bootstrap_resamples})",
         "interval_method_pairs": "closed-form standard error, normal",
         "kl_regime_max_bits_per_byte": regime,
         "budget_models": [b["key"] for b in budget],
@@ -565,9 +571,12 @@ def model_map(
         )
         placed = []
         for b in budget:
-            full = np.asarray(L_clipped[:, b["columns"]], dtype=np.float64)
             sq = partial_row_distances(
-                b["loglik"], full, b["selection"]["weight"].to_numpy(), info["clip_threshold_nats"]
+                b["loglik"],
+                L_clipped,
+                b["columns"],
+                b["selection"]["weight"].to_numpy(),
+                info["clip_threshold_nats"],
             )
             placed.append(place_from_neighbours(xy, sq))
             scored_on.append(

@@ -91,8 +91,10 @@ def test_ls_needs_fewer_texts_than_uniform_on_heterogeneous_texts(synthetic_q):
 def test_a_partial_row_finds_its_full_row_neighbour(synthetic_q):
     L, clipped, threshold, Q, _ = synthetic_q
     sel = select_texts(Q[1:], 400, "ls", seed=0)  # probabilities without model 0
+    est = partial_row_distances(L[0, sel.index], clipped[1:], sel.index, sel.weight, threshold)
     full = np.asarray(clipped[1:, sel.index], dtype=np.float64)
-    est = partial_row_distances(L[0, sel.index], full, sel.weight, threshold)
+    row = np.maximum(L[0, sel.index], threshold)[None, :]
+    np.testing.assert_allclose(est, weighted_sq_distances(row, full, sel.weight)[0], rtol=1e-6)
     exact = two_kl_nats(Q)[0, 1:] * Q.shape[1]
     assert np.argmin(est) == np.argmin(exact)
     assert np.median(np.abs(est - exact) / exact) < 0.1
@@ -116,6 +118,11 @@ def test_nearest_vs_second_is_a_paired_test(synthetic_q):
     idx, nn = nearest_neighbours(Q, 3)
     iv = neighbour_intervals(Q, idx, B=200, level=0.95)
     assert (iv["low"] <= nn + 1e-9).all() and (nn <= iv["high"] + 1e-9).all()
+    # Its standard error agrees with the closed form.
+    se = two_kl_standard_errors(Q)[np.arange(len(Q))[:, None], idx]
+    half_width = (iv["high"] - iv["low"]) / (2 * 1.959964)
+    wide = iv["low"] > 0  # not clamped at 0
+    assert np.median(half_width[wide] / se[wide]) == pytest.approx(1.0, abs=0.1)
     # A model and a near copy: the copy is told apart from every other model.
     twin = np.vstack([Q, Q[0] + 0.01 * np.random.default_rng(1).normal(size=Q.shape[1])])
     idx2, _ = nearest_neighbours(twin, 3)

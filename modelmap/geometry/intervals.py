@@ -4,19 +4,19 @@ The estimate ``2KL(i, j) ~= (1/N) sum_s (d_s - dbar)^2`` with ``d_s = q_i(x_s) -
 (nats) is a mean over the N corpus texts, so its uncertainty is that of the texts: which
 texts were drawn from the distribution the corpus samples. Two ways to get it:
 
-- **Bootstrap over texts** (percentile interval): resample the N texts with replacement B
-  times, recompute every estimate on the same resamples (so differences between two
-  estimates of one model are *paired*). Vectorised: with multinomial counts C (B x N) and
-  the P differences D (P x N), ``S1 = C D^T`` and ``S2 = C (D*D)^T`` give all B x P
-  resampled estimates ``S2/N - (S1/N)^2`` in two matrix products.
-  Under a text budget the same holds for the draws: the m draws are resampled (counts
-  multinomial over the selected texts with probabilities count/m) and each draw is weighted
-  by ``1/p_s`` as in `modelmap.geometry.textbudget`.
-- **Closed-form standard error** for every pair at once (the pairs table): with ``Y_s =
-  d_s^2`` (rows of Q are centred, so dbar = 0 over all N texts) the estimate is the mean of Y
-  and ``SE^2 = (mean(Y^2) - mean(Y)^2) / N``; ``mean(d^4)`` for all pairs comes from the
-  Gram-like products ``Q^3 Q^T``, ``Q^2 (Q^2)^T``. The interval is ``est +/- z SE`` clamped
-  at 0; it is symmetric where the bootstrap is not (a few texts can dominate a distance).
+- **Bootstrap over texts** (``est +/- z`` times the bootstrap standard error): resample
+  the N texts with replacement B times and recompute every estimate on the same resamples
+  (so differences between two estimates of one model are *paired*). Vectorised: with
+  multinomial counts C (B x N) and the P differences D (P x N), ``S1 = C D^T`` and
+  ``S2 = C (D*D)^T`` give all B x P resampled estimates ``S2/N - (S1/N)^2`` in two matrix
+  products. Under a text budget the m draws are resampled instead (counts multinomial over
+  the selected texts with probabilities count/m), each draw weighted by ``1/p_s`` as in
+  `modelmap.geometry.textbudget`. (The bootstrap's *percentile* interval under-covers.)
+- **Closed-form standard error** for every pair at once (the pairs table): with
+  ``Y_s = d_s^2`` (rows of Q are centred, so dbar = 0 over all N texts) the estimate is the
+  mean of Y and ``SE^2 = (mean(Y^2) - mean(Y)^2) / N``; ``mean(d^4)`` for all pairs comes
+  from the Gram-like products ``Q^3 Q^T``, ``Q^2 (Q^2)^T``. The interval is ``est +/- z SE``
+  clamped at 0; it agrees with the bootstrap's (tests/test_textbudget.py).
 
 Both are checked against held-out texts by `half_split_coverage`: from one half of the
 texts, the interval widened by sqrt(2) should contain the other half's estimate at its level.
@@ -87,6 +87,15 @@ def bootstrap_two_kl(
     return np.maximum(out, 0.0)
 
 
+def bootstrap_interval(
+    est: np.ndarray, samples: np.ndarray, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``est +/- z sd(samples)``, low end clamped at 0: the bootstrap's standard error with a
+    normal interval. (The percentile interval of the same samples under-covers: 92.9% for a
+    stated 95% in the half-split check on a synthetic matrix, against 95.0% for this one.)"""
+    return normal_interval(np.asarray(est), samples.std(axis=0, ddof=1), level)
+
+
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) per column of B x P bootstrap samples at a two-sided ``level``."""
     alpha = (1 - level) / 2
@@ -110,9 +119,10 @@ def neighbour_intervals(
         level: two-sided confidence level.
 
     Returns:
-        ``low``, ``high``: K x k nats per text; ``gap_low``, ``gap_high``: K intervals of
-        2KL(second) - 2KL(nearest) (NaN where k < 2); ``distinguishable``: K bools, the gap's
-        interval excludes 0.
+        ``low``, ``high``: K x k nats per text (``est +/- z`` bootstrap SE,
+        `bootstrap_interval`); ``gap_low``, ``gap_high``: K intervals of
+        2KL(second) - 2KL(nearest) (NaN where k < 2), the same way from the paired
+        resamples; ``distinguishable``: K bools, the gap's interval excludes 0.
     """
     K, N = Q.shape
     k = idx.shape[1]
@@ -129,11 +139,15 @@ def neighbour_intervals(
         a, b = rows[sel], idx.ravel()[sel]
         D = np.asarray(Q[a], dtype=np.float32) - np.asarray(Q[b], dtype=np.float32)
         samples = bootstrap_two_kl(D, counts, float(N), N, N)
-        low[sel], high[sel] = percentile_interval(samples, level)
+        est = D.astype(np.float64).var(axis=1)
+        low[sel], high[sel] = bootstrap_interval(est, samples, level)
         if k >= 2:
             per_model = samples.reshape(B, -1, k)
             gap = per_model[:, :, 1] - per_model[:, :, 0]
-            g_lo, g_hi = percentile_interval(gap, level)
+            est_gap = est.reshape(-1, k)[:, 1] - est.reshape(-1, k)[:, 0]
+            sd = gap.std(axis=0, ddof=1)
+            z = z_value(level)
+            g_lo, g_hi = est_gap - z * sd, est_gap + z * sd
             models = np.arange(start, min(K, start + step))
             gap_low[models], gap_high[models] = g_lo, g_hi
     return {
@@ -185,10 +199,11 @@ def half_split_coverage(
     estimate (the issue's check: it should be ``level`` +/- 2%).
 
     For each split the texts are permuted into disjoint halves A and B; ``est_A``, its
-    interval (``method`` "bootstrap" percentile with B resamples, or "normal" from the
-    closed-form SE) and ``est_B`` are computed on each half alone (rows re-centred over the
-    half). The interval is widened about ``est_A`` by sqrt(2) (est_B - est_A has twice the
-    variance of one half's estimate). Coverage is the fraction over splits and pairs.
+    interval (``method`` "bootstrap": normal with the SE of B resamples; "percentile": the
+    bootstrap percentile interval; "normal": the closed-form SE) and ``est_B`` are computed
+    on each half alone (rows re-centred over the half). The interval is widened about
+    ``est_A`` by sqrt(2) (est_B - est_A has twice the variance of one half's estimate).
+    Coverage is the fraction over splits and pairs.
 
     Args:
         Q: K x N (nats); pairs: P x 2 model indices.
@@ -209,10 +224,13 @@ def half_split_coverage(
         A, Bh = D_all[:, perm[:half]], D_all[:, perm[half : 2 * half]]
         est_a = A.var(axis=1)
         est_b = Bh.var(axis=1)
-        if method == "bootstrap":
+        if method in ("bootstrap", "percentile"):
             counts = multinomial_counts(half, half, B, rng)
             samples = bootstrap_two_kl(A, counts, float(half), half, half)
-            lo, hi = percentile_interval(samples, level)
+            if method == "bootstrap":
+                lo, hi = bootstrap_interval(est_a, samples, level)
+            else:
+                lo, hi = percentile_interval(samples, level)
         elif method == "normal":
             Ac = A - A.mean(axis=1, keepdims=True)
             Y = Ac * Ac

@@ -442,7 +442,11 @@ def n_needed(summary: pl.DataFrame, target_rel_error: float) -> dict[str, int | 
 
 
 def partial_row_distances(
-    row_nats: np.ndarray, full_rows_nats: np.ndarray, weight: np.ndarray, clip_threshold: float
+    row_nats: np.ndarray,
+    L_clipped: np.ndarray,
+    columns: np.ndarray,
+    weight: np.ndarray,
+    clip_threshold: float,
 ) -> np.ndarray:
     """Estimated ``||q_new - q_j||^2`` of a model scored on the selected texts only.
 
@@ -451,21 +455,27 @@ def partial_row_distances(
       the already clipped L, restricted to the selected texts;
     - **row mean**: every row (the new one and the full ones alike) is centred by its
       importance-weighted mean over the selected texts, an estimate of its mean over all N
-      (the full rows' exact means would not match the new row's estimate, and any common
-      per-column shift cancels in a difference);
-    - **distance**: ``sum_S w_s (d_s - dbar)^2`` (`weighted_sq_distances`); divide by N for 2KL.
+      (a common per-column shift, such as Q's column means, cancels in a difference);
+    - **distance**: ``sum_S w_s (d_s - dbar)^2`` (`weighted_sq_distances`); divide by N for
+      2KL. Computed by `modelmap.geometry.placement.two_kl_to_rows` (the placement of any
+      new row), whose weighted variance is normalised by ``sum_S w_s``; multiplying back by
+      ``sum_S w_s`` gives the paper's unnormalised estimate (``sum_S w_s ~= N``).
 
     Args:
         row_nats: n log-likelihoods of the new model on the selected texts, in selection order.
-        full_rows_nats: K x n clipped log-likelihoods of the full models on the same texts.
+        L_clipped: K x N clipped log-likelihoods of the full models (memmap welcome).
+        columns: n column indices of the selected texts in L_clipped.
         weight: n importance weights of the selection.
         clip_threshold: the map's clip value in nats (``-inf``: no clipping).
 
     Returns:
         K float64 squared distances (nats^2 summed over texts, i.e. N x 2KL).
     """
+    from modelmap.geometry.placement import two_kl_to_rows
+
     row = np.maximum(np.asarray(row_nats, dtype=np.float64), clip_threshold)
-    return weighted_sq_distances(row[None, :], full_rows_nats, weight)[0]
+    w = np.asarray(weight, dtype=np.float64)
+    return two_kl_to_rows(L_clipped, row, columns=columns, weights=w)[0] * w.sum()
 
 
 def place_from_neighbours(xy: np.ndarray, sq_dist: np.ndarray, k: int = 5) -> np.ndarray:
