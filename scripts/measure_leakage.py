@@ -52,6 +52,45 @@ def score_model(scorer, key, folder, corpus, twins, tasks, work: Path) -> dict:
     return out
 
 
+def registry_or_folders(zoo_dir: Path) -> list[zoo.ZooModel]:
+    """The zoo's registry; while a zoo is still training (no registry yet), the models whose
+    folders exist, described from their names (``--partial``)."""
+    if (zoo_dir / zoo.REGISTRY_NAME).exists():
+        return zoo.load_registry(zoo_dir)
+    models = []
+    for folder in sorted((zoo_dir / zoo.KEY_PREFIX).iterdir()):
+        if not (folder / "model.safetensors").exists():
+            continue
+        name = folder.name
+        family = name.split("-")[0]
+        if name.endswith("-base"):
+            role, domain = "base", None
+        elif "-interp-" in name:
+            role, domain = "interpolation", None
+        elif name.endswith("-leaked"):
+            role, domain = "leaked", None
+        else:
+            role = "finetune"
+            domain = name.split("-ft-", 1)[1].removesuffix("-strong")
+        config = json.loads((folder / "config.json").read_text())
+        models.append(
+            zoo.ZooModel(
+                key=f"{zoo.KEY_PREFIX}/{name}",
+                path=f"{zoo.KEY_PREFIX}/{name}",
+                family=family,
+                architecture=config.get("model_type", ""),
+                role=role,
+                domain=domain,
+                alpha=None,
+                n_params=0,
+                context_length=0,
+                vocab_size=config.get("vocab_size", 0),
+                base_model=zoo.declared_base(family, role),
+            )
+        )
+    return models
+
+
 def screen(keys, scores, declared, corpus_df, twins_df, mean_bytes):
     L = np.array([scores[k]["corpus"] for k in keys])
     T = np.array([scores[k]["twins"] for k in keys])
@@ -85,6 +124,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--n-texts", type=int, default=300)
     parser.add_argument("--n-twins", type=int, default=100)
+    parser.add_argument("--score-only", action="store_true", help="score the zoo, then stop")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "leakage.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -93,8 +133,22 @@ def main() -> None:
     texts = corpus_df["text"].to_list()
     mean_bytes = float(corpus_df["n_bytes"].mean())
     leak_dir = args.work / "leak_zoo"
+    base = registry_or_folders(args.zoo)
+    if args.score_only:  # score what exists so far (cached), nothing else
+        scorer = ScorerResource(device="cpu", dtype="bfloat16")
+        for m in base:
+            score_model(
+                scorer,
+                m.key,
+                m.local_path(args.zoo),
+                texts,
+                twins_df["text"].to_list(),
+                default_tasks(),
+                args.work,
+            )
+            print(f"{m.key}: scored", flush=True)
+        return
     planted = leak_zoo.build_leak_zoo(args.zoo, leak_dir, texts, leak_zoo.LeakZooSpec.graded())
-    base = zoo.load_registry(args.zoo)
     scorer = ScorerResource(device="cpu", dtype="bfloat16")
     tasks = default_tasks()
     scores = {}

@@ -102,3 +102,46 @@ def test_lineage_png(tmp_path):
     rep = check_lineage(Q, keys, {**declared, "a/ft0": ["b/base"]}, MEAN_BYTES)
     out = lineage_png(rep, tmp_path / "lineage.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lineage_report_asset_on_a_written_map(tmp_path):
+    """The asset reads `coordinates` (declared bases in its model index) and writes its files."""
+    import json
+
+    import dagster as dg
+    import polars as pl
+
+    from modelmap_assets.reports import lineage_report
+    from resources.mlflow import MlflowResource
+    from resources.storage import StorageResource
+
+    Q, keys, declared = synthetic_map()
+    declared = {**declared, "a/ft0": ["b/base"], "a/base": ["gone/model"]}
+    storage = StorageResource(base_dir=str(tmp_path / "data"))
+    folder = storage.new_version_dir("coordinates")
+    np.save(folder / "Q.npy", Q.astype(np.float32))
+    pl.DataFrame(
+        {
+            "row": range(len(keys)),
+            "key": keys,
+            "family": [k.split("/")[0] for k in keys],
+            "base_models": [",".join(declared.get(k, [])) for k in keys],
+            "mean_loglik_nats": [0.0] * len(keys),
+        }
+    ).write_parquet(folder / "models.parquet")
+    info = {"corpus_hash": "abc", "K": len(keys), "N": Q.shape[1], "mean_bytes": MEAN_BYTES}
+    (folder / "info.json").write_text(json.dumps(info))
+    storage.publish_version("coordinates", folder)
+    result = dg.materialize(
+        [lineage_report],
+        resources={"storage": storage, "mlflow": MlflowResource(mode="off")},
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("lineage_report")[0].metadata
+    assert meta["flagged"].value == ["a/ft0"]
+    assert meta["verdicts"].value[BASE_NOT_SCORED] == 1
+    assert "b/base" in meta["findings"].value
+    out = tmp_path / "data" / "lineage_report"
+    assert {"lineage.parquet", "declared_pairs.parquet", "lineage.png", "findings.txt"} <= {
+        p.name for p in out.iterdir()
+    }

@@ -72,8 +72,8 @@ class LeakZooSpec:
     @classmethod
     def graded(cls) -> LeakZooSpec:
         """A series of strengths to find the weakest leak each statistic detects."""
-        models = [PlantedModel(f"llama-leak-all-{s}", CORPUS, s) for s in (4, 8, 15, 30, 60)]
-        models += [PlantedModel(f"llama-leak-quarter-{s}", QUARTER, s) for s in (8, 15, 30, 60)]
+        models = [PlantedModel(f"llama-leak-all-{s}", CORPUS, s) for s in (8, 15, 30, 60)]
+        models += [PlantedModel(f"llama-leak-quarter-{s}", QUARTER, s) for s in (15, 30, 60)]
         models += [PlantedModel(f"llama-ft-{d}-30", d, 30) for d in ("wikipedia", "jargon")]
         return cls(models=tuple(models))
 
