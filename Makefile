@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test zoo ui backfill lint clean hub bench mlflow postgres
+.PHONY: install demo test test-fast zoo ui backfill lint clean hub bench mlflow postgres
 
 # torch first, pinned to the CPU build the machines carry (a bare `torch` pulls CUDA wheels).
 $(STAMP): pyproject.toml
@@ -29,8 +29,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/modelmap demo
 
-test: $(STAMP)
-	$(BIN)/pytest -q
+# Everything (what CI runs): lint, then every test, the `slow` tier included (the zoo, the
+# daemon and webserver, PostgreSQL, Chromium). `make test-fast` runs the unmarked tier alone.
+test: lint
+	$(BIN)/pytest -q --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" --durations=10
 
 # Scoring side by side (not part of `make test`): modelmap, the paper's algorithm and
 # lm-evaluation-harness; writes benchmarks/results.json. On a GPU: make bench BENCH_ARGS=--gpu

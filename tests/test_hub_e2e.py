@@ -18,6 +18,7 @@ def small_zoo(tmp_path_factory):
     return folder, build_zoo(folder, spec=ZooSpec.small(), log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_sensor_finds_models_and_the_map_refreshes_by_itself(small_zoo, tiny_model, tmp_path):
     zoo_dir, zoo = small_zoo
     with HubServer(tmp_path / "hub") as server, dg.instance_for_test() as instance:
@@ -81,6 +82,7 @@ def test_sensor_finds_models_and_the_map_refreshes_by_itself(small_zoo, tiny_mod
         assert not idle.added and not idle.scored and not idle.refreshed
 
 
+@pytest.mark.slow
 def test_path_traversal_key_is_refused_and_the_map_still_builds(small_zoo, tmp_path):
     zoo_dir, zoo = small_zoo
     env = {

@@ -101,6 +101,7 @@ def test_typed_errors(hub, tiny_model, tmp_path):
     assert HfApi(endpoint=hub.url, token="hf_ok").model_info("org/secret").private
 
 
+@pytest.mark.slow
 def test_transformers_from_pretrained_through_hf_endpoint(hub, tiny_model, tmp_path):
     publish(hub.store.root, "org/tiny", tiny_model)
     code = (

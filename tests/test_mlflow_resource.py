@@ -202,6 +202,7 @@ def _log_five(uri: str, worker: int) -> None:
         resource.log_run(f"w{worker}-{i}", params={"i": i}, metrics={"v": float(i)}, tags={})
 
 
+@pytest.mark.slow
 def test_two_processes_log_concurrently_to_one_sqlite_store(tmp_path, monkeypatch):
     """Both start on a new database: table creation and experiment creation race too."""
     monkeypatch.chdir(tmp_path)

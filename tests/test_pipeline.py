@@ -96,6 +96,7 @@ def pipeline(zoo, tmp_path_factory):
         }
 
 
+@pytest.mark.slow
 def test_broken_model_fails_alone_with_a_clear_message(pipeline):
     failed = pipeline["outcome"]["failed"]
     assert list(failed) == ["broken/truncated"]
@@ -106,6 +107,7 @@ def test_broken_model_fails_alone_with_a_clear_message(pipeline):
     assert any("broken/truncated" in r for r in info["left_out"])
 
 
+@pytest.mark.slow
 def test_every_asset_is_materialized_with_its_metadata(pipeline):
     assert {"corpus", "likelihood", "coordinates", "kl_table", "model_map"} <= pipeline[
         "materialized"
@@ -134,6 +136,7 @@ def _q_and_index(root):
     return pl.read_parquet(folder / "models.parquet"), np.load(folder / "Q.npy")
 
 
+@pytest.mark.slow
 def test_twins_are_scored_beside_the_corpus_and_kept_out_of_the_map(pipeline):
     from modelmap.likelihoods import corpus_rows, read_metadata, twin_rows
 
@@ -150,6 +153,7 @@ def test_twins_are_scored_beside_the_corpus_and_kept_out_of_the_map(pipeline):
     assert Q.shape == (len(pipeline["models"]), 300)
 
 
+@pytest.mark.slow
 def test_each_finetune_is_nearest_to_its_own_family(pipeline):
     neighbours = pl.read_parquet(pipeline["root"] / "kl_table" / "neighbours.parquet")
     family = {m.key: m.family for m in pipeline["models"]}
@@ -160,6 +164,7 @@ def test_each_finetune_is_nearest_to_its_own_family(pipeline):
         assert family[nearest[key]] == family[key], f"{key} is nearest to {nearest[key]}"
 
 
+@pytest.mark.slow
 def test_interpolation_series_lies_ordered_on_a_line(pipeline):
     index, Q = _q_and_index(pipeline["root"])
     row = {k: i for i, k in enumerate(index["key"].to_list())}
@@ -181,6 +186,7 @@ def test_interpolation_series_lies_ordered_on_a_line(pipeline):
     assert np.all(np.diff(d) > 0), f"2KL from the base does not grow along the series: {d}"
 
 
+@pytest.mark.slow
 def test_every_model_has_measured_benchmark_scores(pipeline):
     root = pipeline["root"] / "benchmark_scores"
     for m in pipeline["models"]:
@@ -192,6 +198,7 @@ def test_every_model_has_measured_benchmark_scores(pipeline):
     assert not (root / "broken--truncated.parquet").exists()
 
 
+@pytest.mark.slow
 def test_leakage_report_flags_the_planted_model_and_no_other(pipeline):
     table = pl.read_parquet(pipeline["root"] / "leakage_report" / "leakage.parquet")
     assert table.filter(pl.col("flagged"))["model"].to_list() == ["zoo/llama-leaked"]
@@ -200,6 +207,7 @@ def test_leakage_report_flags_the_planted_model_and_no_other(pipeline):
     assert event.asset_materialization.metadata["flagged"].value == ["zoo/llama-leaked"]
 
 
+@pytest.mark.slow
 def test_lineage_report_flags_the_planted_declarations_and_no_other(pipeline):
     table = pl.read_parquet(pipeline["root"] / "lineage_report" / "lineage.parquet")
     verdicts = dict(zip(table["model"], table["verdict"], strict=True))
@@ -217,6 +225,7 @@ def test_lineage_report_flags_the_planted_declarations_and_no_other(pipeline):
     assert "zoo/gpt2-base" in findings and "zoo/neox-base" in findings
 
 
+@pytest.mark.slow
 def test_regression_report_has_every_target_cv_and_baseline(pipeline):
     folder = next((pipeline["root"] / "regression_report").glob("v-*"))
     table = pl.read_parquet(folder / "table.parquet")
@@ -228,6 +237,7 @@ def test_regression_report_has_every_target_cv_and_baseline(pipeline):
     assert (folder / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_asset_checks_pass(pipeline):
     instance = pipeline["instance"]
     for asset, name in [
@@ -245,6 +255,7 @@ def test_asset_checks_pass(pipeline):
         assert all(r.event.dagster_event.event_specific_data.passed for r in done), name
 
 
+@pytest.mark.slow
 def test_mlflow_records_runs_metrics_artifacts_and_a_loadable_predictor(pipeline):
     import mlflow
     import pandas as pd

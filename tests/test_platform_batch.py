@@ -1,6 +1,6 @@
-"""A backfill of 50 models on PostgreSQL through the real daemon and webserver, with the daemon
-killed (its whole process group: code server and the scoring run in flight) and restarted
-half-way; every partition ends scored once, the map refreshes once at the end.
+"""A backfill of a batch of models on PostgreSQL through the real daemon and webserver, with
+the daemon killed (its whole process group: code server and the scoring run in flight) and
+restarted half-way; every partition ends scored once, the map refreshes once at the end.
 
 The subject is the platform (backfill, queue, pool, storage, recovery), so the benchmark scores
 come from a scores file and MLflow is off: each run still loads and scores its model, and
@@ -19,7 +19,11 @@ from modelmap_assets.cli.backfill import wait_for_backfill
 from modelmap_assets.cli.main import backfill, wait_for_refresh
 from workshop.platform import local_platform, prepare
 
-N_MODELS = 50
+# Twelve models: enough for a batch that is still scoring when the daemon dies (after the
+# fourth), with runs queued behind it, and retried runs beside runs never started. Every
+# assertion holds per model, so more models only cost time (50 took 8.5 minutes).
+N_MODELS = 12
+KILL_AFTER = 4
 ACTIVE = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
 
 
@@ -39,25 +43,27 @@ def scored(instance) -> int:
 
 
 def mid_scoring(instance) -> bool:
-    """Ten models done and one run started (none merely starting) that has written nothing."""
+    """KILL_AFTER models done and one run started (none merely starting) that has written
+    nothing."""
     active = [r for r in runs_of(instance) if r.status in ACTIVE]
     done = instance.get_materialized_partitions(dg.AssetKey("likelihood"))
     return (
-        len(done) >= 10
+        len(done) >= KILL_AFTER
         and [r.status for r in active] == [dg.DagsterRunStatus.STARTED]
         and active[0].tags["dagster/partition"] not in done
     )
 
 
-@pytest.mark.timeout(1500)  # about 8 minutes on 2 cores; Dagster starts a process per model
-def test_fifty_model_backfill_on_postgres_survives_a_daemon_crash(platform):
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_backfill_on_postgres_survives_a_daemon_crash(platform):
     instance = platform.instance
     keys = platform.copy_batch(N_MODELS)
     with local_platform(platform.env, platform.logs) as servers:
         t0 = time.time()
         assert backfill(instance, keys, servers.url, wait=False) == 0
         (request,) = instance.get_backfills()
-        wait_for(lambda: mid_scoring(instance), 600, "ten models scored", every_s=0.2)
+        wait_for(lambda: mid_scoring(instance), 600, f"{KILL_AFTER} models scored", every_s=0.2)
         servers.stop_daemon(signal.SIGKILL, whole_group=True)
         # Read after the kill: the daemon may have launched another run since the check.
         in_flight = [r.run_id for r in runs_of(instance) if r.status in ACTIVE]

@@ -73,6 +73,7 @@ def scoring_started(instance, run_id: str) -> bool:
     return any("scoring 300 texts" in entry.user_message for entry in instance.all_logs(run_id))
 
 
+@pytest.mark.slow
 def test_killed_scoring_run_fails_leaves_nothing_and_its_retry_completes(platform):
     instance = platform.instance
     out = platform.data / "likelihood"

@@ -31,6 +31,7 @@ def platform(tmp_path):
     platform.instance.dispose()
 
 
+@pytest.mark.slow
 def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     instance = platform.instance

@@ -58,6 +58,7 @@ def _base_models(zoo):
     return {m.architecture: m for m in models if m.role == "base"}
 
 
+@pytest.mark.slow
 def test_engine_matches_per_token_reference_for_every_architecture(zoo, corpus_texts):
     folder, _ = zoo
     bases = _base_models(zoo)
@@ -89,6 +90,7 @@ def test_engine_matches_per_token_reference_for_every_architecture(zoo, corpus_t
         assert np.all(fast[~scored] == 0)
 
 
+@pytest.mark.slow
 def test_first_token_rule(zoo):
     folder, _ = zoo
     bases = _base_models(zoo)
@@ -105,6 +107,7 @@ def test_first_token_rule(zoo):
             assert ids == plain and result.n_scored[0] == len(plain) - 1
 
 
+@pytest.mark.slow
 def test_batching_and_precision_do_not_change_the_result(zoo, corpus_texts):
     folder, _ = zoo
     entry = _base_models(zoo)["gpt_neox"]
@@ -120,6 +123,7 @@ def test_batching_and_precision_do_not_change_the_result(zoo, corpus_texts):
     assert rel.max() < 0.02, f"bf16 differs from float32 by {rel.max():.3f}"
 
 
+@pytest.mark.slow
 def test_nan_weights_fail_with_the_model_named(zoo):
     folder, _ = zoo
     entry = _base_models(zoo)["gpt2"]
