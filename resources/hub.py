@@ -222,7 +222,9 @@ class HubResource(dg.ConfigurableResource):
                 endpoint=self.endpoint.rstrip("/"),
                 token=self.token or False,
                 cache_dir=self.download_dir,
-                allow_patterns=SCORING_FILES,
+                # An allow-listed repo's own code comes too, at the same pinned sha.
+                allow_patterns=SCORING_FILES
+                + (["*.py"] if self.trusts_remote_code(repo_id) else []),
             )
         except ModelLoadError:
             raise

@@ -190,12 +190,39 @@ def check_model_folder(key: str, folder: Path, trust_remote_code: bool) -> None:
         raise ModelLoadError(
             f"model {key}: config.json is not a JSON object (a {type(config).__name__}) in {folder}"
         )
+    for name in ("config.json", "tokenizer_config.json"):
+        mapping = config if name == "config.json" else _json_or_empty(folder / name)
+        for entry in _auto_map_entries(mapping):
+            if "--" in entry:
+                raise ModelLoadError(
+                    f"model {key}: {name} auto_map entry {entry!r} runs code from another repo "
+                    f"({entry.split('--')[0]}); only a repo's own code is ever loaded"
+                )
     if config.get("auto_map") and not trust_remote_code:
         raise ModelLoadError(
             f"model {key}: needs remote code (its config.json has auto_map "
             f"{sorted(config['auto_map'])}), and trust_remote_code is not allowed for it; "
             "add it to the trust_remote_code allow-list to score it"
         )
+
+
+def _auto_map_entries(config: dict) -> list[str]:
+    """Every class reference of a config's `auto_map` ("module.Class" or "repo--module.Class")."""
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    entries: list[str] = []
+    for value in (auto_map or {}).values() if isinstance(auto_map, dict) else []:
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, str):
+                entries.append(item)
+    return entries
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def read_json(path: Path) -> dict:
