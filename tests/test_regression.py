@@ -222,3 +222,21 @@ def test_truncated_reduction_keeps_the_top_components():
     assert not red.exact and red.Z.shape == (K, 5)
     top = np.linalg.svd(np.asarray(Q, np.float64), compute_uv=False)[:5]
     np.testing.assert_allclose(np.linalg.norm(red.Z, axis=0), top, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(40, 10), (30, 60)])
+def test_ridge_loo_equals_sklearn_ridgecv(shape):
+    from sklearn.linear_model import RidgeCV
+
+    from modelmap.reports.regression import RidgeLOO
+
+    rng = np.random.default_rng(5)
+    n, d = shape
+    X = rng.normal(size=(n, d)) * rng.uniform(1, 300, size=d)
+    y = X[:, :3] @ [0.01, -0.02, 0.005] + 40 + rng.normal(0, 1, n)
+    alphas = np.logspace(-2, 9, 23)
+    ref = RidgeCV(alphas=alphas).fit(X, y)
+    got = RidgeLOO(alphas).fit(X, y)
+    assert got.alpha_ == ref.alpha_
+    np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(got.predict(X), ref.predict(X), rtol=1e-9)

@@ -120,11 +120,58 @@ def _as_2d(X: np.ndarray) -> np.ndarray:
     return X[:, None] if X.ndim == 1 else X
 
 
-def _new_model(baseline: bool):
-    """RidgeCV on Q; ordinary least squares for the one-feature baseline (as in the paper)."""
-    from sklearn.linear_model import LinearRegression, RidgeCV
+class RidgeLOO:
+    """scikit-learn's ``RidgeCV(alphas)`` (efficient leave-one-out, unpenalised intercept),
+    through one eigendecomposition of the d x d covariance of the centred features.
 
-    return LinearRegression() if baseline else RidgeCV(alphas=ALPHAS)
+    With ``Xc = X - mean``, ``Xc^T Xc = V diag(mu) V^T`` and ``P = Xc V``, for each alpha the
+    fitted values are ``mean(y) + P diag(1 / (mu + alpha)) P^T yc`` and the leverages
+    ``h_i = 1/n + sum_j P_ij^2 / (mu_j + alpha)`` (the intercept's ``1/n``: the centred
+    columns are orthogonal to the constant), so the leave-one-out residuals are
+    ``(y_i - yhat_i) / (1 - h_i)`` and ``alpha_`` minimises their mean square, as RidgeCV's
+    default scoring does. Cost O(n d^2 + d^3) for all alphas together: d is at most
+    :data:`MAX_COMPONENTS` on the reduced rows, so one fit of 8,000 models takes a fraction of
+    a second instead of an SVD per fit.
+    """
+
+    def __init__(self, alphas: np.ndarray = ALPHAS):
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> RidgeLOO:
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        n = len(y)
+        x_mean, y_mean = X.mean(axis=0), y.mean()
+        Xc = X - x_mean
+        yc = y - y_mean
+        mu, V = np.linalg.eigh(Xc.T @ Xc)
+        mu = np.maximum(mu, 0.0)
+        P = Xc @ V
+        Py = P.T @ yc
+        P2 = P**2
+        best_score, best = np.inf, 0
+        for j, alpha in enumerate(self.alphas):
+            f = 1.0 / (mu + alpha)
+            resid = yc - P @ (f * Py)
+            loo = resid / (1.0 - (P2 @ f + 1.0 / n))
+            score = float(np.mean(loo**2))
+            if score < best_score:  # ties keep the smaller alpha, as RidgeCV's argmin does
+                best_score, best = score, j
+        self.alpha_ = float(self.alphas[best])
+        self.coef_ = V @ (Py / (mu + self.alpha_))
+        self.intercept_ = float(y_mean - x_mean @ self.coef_)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_
+
+
+def _new_model(baseline: bool):
+    """RidgeCV on Q (:class:`RidgeLOO`); ordinary least squares for the one-feature baseline
+    (as in the paper)."""
+    from sklearn.linear_model import LinearRegression
+
+    return LinearRegression() if baseline else RidgeLOO(ALPHAS)
 
 
 def _splitter(n: int, groups: np.ndarray | None, n_splits: int, seed: int):
