@@ -542,6 +542,7 @@ def lineage_report(
             "verdicts": dg.MetadataValue.json(verdicts),
             "band_bits_per_byte": report.band_bits_per_byte,
             "band_source": report.band_source,
+            "interval_level": lineage.INTERVAL_LEVEL,
             "findings": dg.MetadataValue.md(
                 "\n\n".join(f"**{k}**: {report.texts[k]}" for k in report.flagged)
                 or "No model flagged."

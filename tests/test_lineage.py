@@ -87,6 +87,15 @@ def test_configured_band_and_interval_seam():
     assert row["two_kl_bits_per_byte_high"] == pytest.approx(1.1 * row["two_kl_bits_per_byte"])
 
 
+def test_default_interval_holds_the_estimate():
+    Q, keys, declared = synthetic_map()
+    rep = check_lineage(Q, keys, declared, MEAN_BYTES)
+    ft = rep.pairs
+    assert (ft["two_kl_nats_low"] < ft["two_kl_nats"]).all()
+    assert (ft["two_kl_nats"] < ft["two_kl_nats_high"]).all()
+    assert (ft["two_kl_bits_per_byte_low"] > 0).all()
+
+
 def test_measured_band_lies_between_fine_tunes_and_families():
     Q, keys, declared = synthetic_map()
     band = measured_band(Q, keys, declared, MEAN_BYTES)

@@ -36,7 +36,9 @@ their base and different bases at 0.3 or more; :data:`DEFAULT_BAND_BITS_PER_BYTE
 The ``family`` label is made from the same card data, so it is never used as evidence here.
 
 Intervals: ``interval(Q, rows_a, rows_b) -> (low_nats, high_nats)`` gives a confidence
-interval for each pair's 2KL (over texts); without it the interval columns are NaN.
+interval for each pair's 2KL over texts; the default, :func:`pair_intervals`, is the closed
+form of `modelmap.geometry.intervals` (``est +/- z SE``, ``SE^2 = (mean d^4 - (mean d^2)^2)
+/ N``) at :data:`INTERVAL_LEVEL`; ``interval=None`` leaves the columns NaN.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from modelmap.geometry.intervals import normal_interval
 from modelmap.geometry.kl import nats_per_text_to_bits_per_byte, nearest_neighbours
 from modelmap.storage import write_atomic
 
@@ -68,6 +71,26 @@ NO_DECLARATION = "no declared base"
 FLAGGED_VERDICTS = (DECLARED_BASE_FAR, UNDECLARED_RELATIVE)
 
 Interval = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: Two-sided level of the default 2KL intervals.
+INTERVAL_LEVEL = 0.95
+
+
+def pair_intervals(
+    Q: np.ndarray, a: np.ndarray, b: np.ndarray, level: float = INTERVAL_LEVEL
+) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form interval (nats per text) of the 2KL of each row pair (a[n], b[n]) of Q.
+
+    With ``d = q_a - q_b`` (rows of Q are centred), the estimate is ``mean(d^2)`` and its
+    standard error over texts ``sqrt((mean(d^4) - mean(d^2)^2) / N)``, as for the pairs table
+    (`modelmap.geometry.intervals.two_kl_standard_errors`); ``est +/- z SE``, clamped at 0.
+    """
+    N = Q.shape[1]
+    est, se = np.empty(len(a)), np.empty(len(a))
+    for n, (i, j) in enumerate(zip(a, b, strict=True)):
+        y = (np.asarray(Q[i], dtype=np.float64) - np.asarray(Q[j], dtype=np.float64)) ** 2
+        est[n] = y.mean()
+        se[n] = np.sqrt(max(float((y * y).mean() - est[n] ** 2), 0.0) / N)
+    return normal_interval(est, se, level)
 
 
 @dataclass
@@ -155,7 +178,7 @@ def check_lineage(
     *,
     band_bits_per_byte: float | None = None,
     neighbours: int = DEFAULT_NEIGHBOURS,
-    interval: Interval | None = None,
+    interval: Interval | None = pair_intervals,
 ) -> LineageReport:
     """Check every model's declared bases against the map; see the module docstring.
 
@@ -168,7 +191,7 @@ def check_lineage(
         band_bits_per_byte: the fine-tune band; None: measured (:func:`measured_band`), else
             :data:`DEFAULT_BAND_BITS_PER_BYTE`.
         neighbours: how many nearest models to list and rank the declared base among.
-        interval: optional 2KL interval function (see the module docstring).
+        interval: 2KL interval function (see the module docstring); None: no intervals.
     """
     keys = list(keys)
     K = len(keys)
