@@ -157,35 +157,15 @@ class ScoreWriter:
         self.write_s = self.record_s = 0.0
 
     def write(self, i: int) -> None:
-        key, family = self.scorer.keys[i]
         t0 = time.perf_counter()
-        loglik, _, bench = self.scorer.row(i)
-        meta = {
-            "key": key,
-            "family": family,
-            "revision": synthetic_sha(key),
-            "dtype": "bfloat16",
-            "device": "synthetic",
-            "n_params": 1_000_000,
-            "context_length": 2048,
-            "tokens_per_s": 0.0,
-            "wall_s": 0.0,
-            "peak_mem_mb": 0.0,
-            "corpus_hash": self.corpus_hash,
-            "mean_loglik_nats": float(loglik.mean()),
-            "input_tokens": int(self.n_tokens.sum()),
-        }
-        frame = likelihood_frame(self.text_ids, loglik, self.n_tokens)
-        path = self.storage.write_likelihood(key, frame, meta)
-        scores = pl.DataFrame(
-            [(key, b, SUITE_OPEN_LLM, s, "file", None) for b, s in bench.items()],
-            schema=SCORE_SCHEMA,
-            orient="row",
-        ).select(SCORE_COLUMNS)
-        bench_path = write_parquet(
-            scores, self.storage.benchmark_path(key), {"key": key, "n_published": scores.height}
-        )
+        done = self.write_file(i)
         t1 = time.perf_counter()
+        self.record(*done)
+        self.write_s += t1 - t0
+        self.record_s += time.perf_counter() - t1
+
+    def record(self, key, path, bench_path, meta, n_scores) -> None:
+        """The materializations of `likelihood` and `benchmark_scores` for one model."""
         self.instance.report_runless_asset_event(
             dg.AssetMaterialization(
                 asset_key="likelihood",
@@ -203,15 +183,70 @@ class ScoreWriter:
                 asset_key="benchmark_scores",
                 partition=key,
                 metadata={
-                    "n_published": scores.height,
+                    "n_published": n_scores,
                     "path": dg.MetadataValue.path(str(bench_path)),
                 },
             )
         )
-        self.write_s += t1 - t0
-        self.record_s += time.perf_counter() - t1
 
-    def write_all(self, indices) -> dict:
+    def write_file(self, i: int):
+        """Model `i`'s likelihood and benchmark files; (key, paths, metadata, n scores)."""
+        key, family = self.scorer.keys[i]
+        loglik, _, bench = self.scorer.row(i)
+        meta = {
+            "key": key,
+            "family": family,
+            "revision": synthetic_sha(key),
+            "dtype": "bfloat16",
+            "device": "synthetic",
+            "n_params": 1_000_000,
+            "context_length": 2048,
+            "tokens_per_s": 0.0,
+            "wall_s": 0.0,
+            "peak_mem_mb": 0.0,
+            "corpus_hash": self.corpus_hash,
+            "mean_loglik_nats": float(loglik.mean()),
+            "input_tokens": int(self.n_tokens.sum()),
+            # A fine-tune's card declares its base (what lineage_report checks).
+            "base_models": [] if key.endswith("/base") else [f"{family}/base"],
+        }
+        frame = likelihood_frame(self.text_ids, loglik, self.n_tokens)
+        path = self.storage.write_likelihood(key, frame, meta)
+        scores = pl.DataFrame(
+            [(key, b, SUITE_OPEN_LLM, s, "file", None) for b, s in bench.items()],
+            schema=SCORE_SCHEMA,
+            orient="row",
+        ).select(SCORE_COLUMNS)
+        bench_path = write_parquet(
+            scores, self.storage.benchmark_path(key), {"key": key, "n_published": scores.height}
+        )
+        return key, path, bench_path, meta, scores.height
+
+    def write_all(self, indices, processes: int = 3) -> dict:
+        """Every model in `indices`: the files by `processes` worker processes (their fsyncs
+        overlap), each materialization recorded here as its files are done."""
+        import multiprocessing
+
+        indices = list(indices)
+        t0 = time.perf_counter()
+        context = multiprocessing.get_context("fork")
+        home = self.instance.root_directory
+        with context.Pool(processes, initializer=_init_worker, initargs=(self, home)) as pool:
+            for n, (write_s, record_s) in enumerate(
+                pool.imap_unordered(_write_and_record, indices, chunksize=10), 1
+            ):
+                self.write_s += write_s
+                self.record_s += record_s
+                if n % 1000 == 0:
+                    print(f"  {n} models ({time.perf_counter() - t0:.0f} s; load {load_1m()})")
+        return {
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "write_files_s_all_workers": round(self.write_s, 1),
+            "record_materializations_s_all_workers": round(self.record_s, 1),
+            "processes": processes,
+        }
+
+    def write_all_serial(self, indices) -> dict:
         for n, i in enumerate(indices, 1):
             self.write(i)
             if n % 1000 == 0:
@@ -224,6 +259,25 @@ class ScoreWriter:
             "write_files_s": round(self.write_s, 1),
             "record_materializations_s": round(self.record_s, 1),
         }
+
+
+_WORKER: ScoreWriter | None = None
+
+
+def _init_worker(writer: ScoreWriter, home: str) -> None:
+    """A worker of `ScoreWriter.write_all`: the writer with an instance of its own."""
+    global _WORKER
+    _WORKER = writer
+    writer.instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(home))
+
+
+def _write_and_record(i: int) -> tuple[float, float]:
+    assert _WORKER is not None
+    t0 = time.perf_counter()
+    done = _WORKER.write_file(i)
+    t1 = time.perf_counter()
+    _WORKER.record(*done)
+    return t1 - t0, time.perf_counter() - t1
 
 
 SCORE_SCHEMA = {
@@ -449,6 +503,66 @@ def save_rows(out: Path, rows: list[dict], machine: str) -> None:
     out.write_text(json.dumps(data, indent=1) + "\n")
 
 
+ESTIMATE_METHOD = (
+    "power law through the two measured points: each step's wall time and peak RSS at "
+    "K = 100,000 is its K = 10,000 value times the growth from K = 1,000 to 10,000 (same "
+    "factor per decade of K, exponent clamped to 0..2), same N and variant"
+)
+
+
+def estimate_rows(runs: list[dict], to_k: int = 100_000, lo: int = 1000, hi: int = 10_000):
+    """K = `to_k` rows estimated from the measured rows at `lo` and `hi` (see ESTIMATE_METHOD)."""
+    import math
+
+    def by_step(k):
+        return {
+            (r["texts"], r["step"], r.get("variant")): r
+            for r in runs
+            if r["models"] == k and not r.get("estimated")
+        }
+
+    small, large = by_step(lo), by_step(hi)
+    decades = math.log10(to_k / hi) / math.log10(hi / lo)
+    out = []
+    for key, b in sorted(large.items(), key=lambda kv: str(kv[0])):
+        a = small.get(key)
+        if a is None:
+            continue
+        row = {"models": to_k, "texts": key[0], "step": key[1], "estimated": True}
+        if key[2] is not None:
+            row["variant"] = key[2]
+        for field in ("wall_s", "peak_rss_mb"):
+            if a.get(field) and b.get(field):
+                growth = min(max(b[field] / a[field], 1.0), (hi / lo) ** 2)
+                row[field] = round(b[field] * growth**decades, 3 if field == "wall_s" else 1)
+            else:
+                row[field] = None
+        row["method"] = ESTIMATE_METHOD
+        out.append(row)
+    return out
+
+
+def markdown_table(data: dict) -> str:
+    """The `runs` of scale.json as a Markdown table (one line per step and K)."""
+    lines = [
+        "| K | N | step | wall s | peak RSS MB | load (1 min) | note |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in data.get("runs", []):
+        note = [r["variant"]] if r.get("variant") else []
+        if r.get("estimated"):
+            note.append("estimated")
+        for extra in ("nearest_in_family", "placement_s", "visits_s", "median_s", "requested"):
+            if extra in r:
+                note.append(f"{extra} {r[extra]}")
+        rss = f"{r['peak_rss_mb']:,.0f}" if r.get("peak_rss_mb") else ""
+        lines.append(
+            f"| {r['models']:,} | {r['texts']:,} | {r['step']} | {r['wall_s']:,.1f} | {rss} "
+            f"| {r.get('load_1m', '')} | {'; '.join(note)} |"
+        )
+    return "\n".join(lines)
+
+
 def machine_description() -> str:
     cpu = next(
         (
@@ -474,7 +588,22 @@ def main() -> int:
     parser.add_argument("--refresh-timeout", type=float, default=3600)
     parser.add_argument("--ui-repeats", type=int, default=3)
     parser.add_argument("--no-ui", action="store_true")
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="only add the K = 100,000 rows estimated from the measured 1,000 and 10,000 ones",
+    )
+    parser.add_argument("--table", action="store_true", help="only print --out as Markdown")
     args = parser.parse_args()
+    if args.estimate or args.table:
+        data = json.loads(args.out.read_text())
+        if args.estimate:
+            rows = estimate_rows(data["runs"])
+            data["runs"] = [r for r in data["runs"] if not r.get("estimated")] + rows
+            args.out.write_text(json.dumps(data, indent=1) + "\n")
+            print(f"{len(rows)} estimated rows written to {args.out}")
+        print(markdown_table(data))
+        return 0
     K, N = args.models, args.texts
     root = args.root or Path(tempfile.mkdtemp(prefix=f"modelmap-scale-{K}-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -715,7 +844,61 @@ def run_platform(instance, env, root, row, args, storage, writer: ScoreWriter, h
                     visits_s=[round(s, 2) for s in seconds],
                 )
         results["runs"] = len(run_ids)
+        place_new_model(instance, env, storage, writer, row)
     return results
+
+
+NEW_MODEL = ("synth-f00000/ft-new", "synth-f00000")
+
+
+def place_new_model(instance, env, storage, writer: ScoreWriter, row) -> None:
+    """A new fine-tune of family 0 lands after the map: its likelihood file is written (as the
+    `likelihood` run writes it, which then places the model in the same run), and a fresh
+    `modelmap neighbours KEY --json` process places it against the current map. Measured: from
+    the file on disk to the neighbours and map position printed, and that process's peak RSS;
+    `placement_s` is `place()` alone in this process (what the scoring run adds)."""
+    try:
+        from modelmap_assets.placement import place
+    except ImportError:
+        print("  place_new_model: modelmap_assets.placement is not in this checkout: skipped")
+        return
+    key = NEW_MODEL[0]
+    register(instance, [key])
+    writer.scorer.keys.append(NEW_MODEL)
+    writer.write_file(len(writer.scorer.keys) - 1)  # the scores land (no event: no refresh)
+    landed = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "modelmap"), "neighbours", key, "--json"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peak_mb = 0.0
+    with contextlib.suppress(psutil.Error):
+        watched = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            peak_mb = max(peak_mb, watched.memory_info().rss / 2**20)
+            time.sleep(0.05)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - landed
+    if proc.returncode != 0:
+        raise RuntimeError(f"modelmap neighbours {key} failed: {err.strip()[-2000:]}")
+    placed = json.loads(out.strip().splitlines()[-1])
+    nearest = placed["neighbours"][0]["neighbour"]
+    again = place(storage, key)
+    row(
+        "place_new_model",
+        wall,
+        round(peak_mb, 1),
+        method="fresh `modelmap neighbours KEY --json` process after the file landed",
+        placement_s=round(again.seconds, 3),
+        nearest=nearest,
+        nearest_in_family=nearest.split("/")[0] == NEW_MODEL[1],
+        has_map_position=placed.get("map_x") is not None,
+        placed_among=placed.get("placed_among"),
+    )
 
 
 def nearest_in_family(storage) -> float:

@@ -192,6 +192,19 @@ def _file_match_metadata(context: dg.AssetExecutionContext, file: ScoresFile, ke
     }
 
 
+#: Flagged models logged one line each, at most; the rest are counted (each line is an event
+#: written to the instance's storage: thousands of them at K = 10,000 took minutes).
+MAX_LOGGED_FINDINGS = 20
+
+
+def log_some(log, lines: list[str], where: str) -> None:
+    """Warn with the first `MAX_LOGGED_FINDINGS` lines and say where the others are."""
+    for line in lines[:MAX_LOGGED_FINDINGS]:
+        log.warning(line)
+    if len(lines) > MAX_LOGGED_FINDINGS:
+        log.warning(f"... and {len(lines) - MAX_LOGGED_FINDINGS} more flagged: see {where}")
+
+
 _deps = [coordinates, dg.AssetDep(benchmark_scores, partition_mapping=dg.AllPartitionMapping())]
 
 # The reports read Q from `coordinates` as well as the scores. New scores usually come with new
@@ -409,8 +422,7 @@ def leakage_report(
         table, out / "statistics.png", z_threshold=config.z_threshold
     )
     artifacts += [stats_png, out / "screen.parquet", out / "domain_gain.parquet"]
-    for text in table.filter(pl.col("flagged"))["evidence"]:
-        context.log.warning(text)
+    log_some(context.log, table.filter(pl.col("flagged"))["evidence"].to_list(), "screen.parquet")
     mlflow.log_run(
         "leakage_report",
         params={"K": len(keys), **meta},
@@ -504,8 +516,7 @@ def lineage_report(
         for k in report.flagged
     )
     write_text((findings or "No model flagged.") + "\n", out / "findings.txt")
-    for key in report.flagged:
-        context.log.warning(f"lineage: {report.texts[key]}")
+    log_some(context.log, [f"lineage: {report.texts[k]}" for k in report.flagged], "findings.txt")
     counts = report.table.group_by("verdict").len().sort("verdict")
     verdicts = dict(zip(counts["verdict"].to_list(), counts["len"].to_list(), strict=True))
     mlflow.log_run(

@@ -154,3 +154,18 @@ def test_lineage_report_asset_on_a_written_map(tmp_path):
     assert {"lineage.parquet", "declared_pairs.parquet", "lineage.png", "findings.txt"} <= {
         p.name for p in out.iterdir()
     }
+
+
+def test_flagged_models_are_logged_at_most_twenty_lines():
+    from modelmap_assets.reports import MAX_LOGGED_FINDINGS, log_some
+
+    class Log:
+        lines: list[str] = []
+
+        def warning(self, line):
+            self.lines.append(line)
+
+    log = Log()
+    log_some(log, [f"m{i}" for i in range(5000)], "findings.txt")
+    assert len(log.lines) == MAX_LOGGED_FINDINGS + 1
+    assert log.lines[-1] == f"... and {5000 - MAX_LOGGED_FINDINGS} more flagged: see findings.txt"
