@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--n-texts", type=int, default=300)
     parser.add_argument("--n-twins", type=int, default=100)
     parser.add_argument("--score-only", action="store_true", help="score the zoo, then stop")
+    parser.add_argument("--planted-only", action="store_true", help="build the planted models")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "leakage.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -149,6 +150,8 @@ def main() -> None:
             print(f"{m.key}: scored", flush=True)
         return
     planted = leak_zoo.build_leak_zoo(args.zoo, leak_dir, texts, leak_zoo.LeakZooSpec.graded())
+    if args.planted_only:
+        return
     scorer = ScorerResource(device="cpu", dtype="bfloat16")
     tasks = default_tasks()
     scores = {}

@@ -1,6 +1,7 @@
 """Leakage evidence against relatives and unseen twins, on synthetic scores (fast tier)."""
 
 import numpy as np
+import pytest
 
 from modelmap.geometry.centering import double_centre
 from modelmap.reports.leakage_evidence import (
@@ -118,3 +119,72 @@ def test_robust_z_ignores_nan_and_png(tmp_path):
     _, table, _ = screen()
     out = statistics_png(table, tmp_path / "s.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow  # a Dagster run (several seconds on two shared cores)
+def test_leakage_report_asset_reads_twins_and_lineage(tmp_path):
+    """The asset on written files: corpus, twins, likelihood files with twin rows, a map."""
+    import json
+
+    import dagster as dg
+    import polars as pl
+
+    from modelmap.corpus.build import corpus_hash
+    from modelmap.likelihoods import SPLIT_TWIN, likelihood_frame
+    from modelmap_assets.reports import leakage_report
+    from resources.mlflow import MlflowResource
+    from resources.storage import StorageResource
+
+    keys, Lc, bc, dc, Lt, bt, dt, links = synthetic()
+    storage = StorageResource(base_dir=str(tmp_path / "data"))
+
+    def table(n_bytes, domains):
+        return pl.DataFrame(
+            {
+                "text_id": range(len(n_bytes)),
+                "text": [f"text {i}" for i in range(len(n_bytes))],
+                "domain": list(domains),
+                "n_bytes": n_bytes.astype(int),
+            }
+        )
+
+    corpus, twins = table(bc, dc), table(bt, dt)
+    digest, twins_digest = corpus_hash(corpus), "t" + corpus_hash(twins)
+    storage.write_corpus(corpus, {"corpus_hash": digest, "mean_bytes": float(bc.mean())})
+    storage.write_twins(twins, {"twins_hash": twins_digest, "corpus_hash": digest, "n_twins": 150})
+    for i, key in enumerate(keys):
+        frames = [likelihood_frame(corpus["text_id"], Lc[i])]
+        meta = {"corpus_hash": digest}
+        if key != "fam1/ft2":  # one model scored without twins
+            frames.append(likelihood_frame(twins["text_id"], Lt[i], split=SPLIT_TWIN))
+            meta["twins_hash"] = twins_digest
+        storage.write_likelihood(key, pl.concat(frames), meta)
+    folder = storage.new_version_dir("coordinates")
+    np.save(folder / "L_raw.npy", Lc.astype(np.float32))
+    np.save(folder / "Q.npy", double_centre(Lc).astype(np.float32))
+    bases = dict(links)
+    pl.DataFrame(
+        {
+            "row": range(len(keys)),
+            "key": keys,
+            "family": [k.split("/")[0] for k in keys],
+            "base_models": [bases.get(k, "") for k in keys],
+            "mean_loglik_nats": Lc.mean(axis=1),
+        }
+    ).write_parquet(folder / "models.parquet")
+    info = {"corpus_hash": digest, "K": len(keys), "N": Lc.shape[1], "mean_bytes": bc.mean()}
+    (folder / "info.json").write_text(json.dumps(info))
+    storage.publish_version("coordinates", folder)
+
+    result = dg.materialize(
+        [leakage_report], resources={"storage": storage, "mlflow": MlflowResource(mode="off")}
+    )
+    meta = result.asset_materializations_for_node("leakage_report")[0].metadata
+    assert meta["flagged"].value == ["fam0/leak"]
+    assert meta["n_twins"].value == 150 and meta["flagged_by_paper_rule"].value == []
+    screen = pl.read_parquet(tmp_path / "data" / "leakage_report" / "screen.parquet")
+    no_twins = screen.filter(pl.col("model") == "fam1/ft2").row(0, named=True)
+    assert np.isnan(no_twins["twin_gap"]) and not no_twins["flagged"]
+    sources = dict(zip(screen["model"], screen["relatives_source"], strict=True))
+    assert sources["fam0/leak"] == "lineage"
+    assert (tmp_path / "data" / "leakage_report" / "statistics.png").exists()

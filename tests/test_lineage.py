@@ -113,6 +113,7 @@ def test_lineage_png(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # a Dagster run (several seconds on two shared cores)
 def test_lineage_report_asset_on_a_written_map(tmp_path):
     """The asset reads `coordinates` (declared bases in its model index) and writes its files."""
     import json

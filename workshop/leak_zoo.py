@@ -72,9 +72,9 @@ class LeakZooSpec:
     @classmethod
     def graded(cls) -> LeakZooSpec:
         """A series of strengths to find the weakest leak each statistic detects."""
-        models = [PlantedModel(f"llama-leak-all-{s}", CORPUS, s) for s in (8, 15, 30, 60)]
-        models += [PlantedModel(f"llama-leak-quarter-{s}", QUARTER, s) for s in (15, 30, 60)]
-        models += [PlantedModel(f"llama-ft-{d}-30", d, 30) for d in ("wikipedia", "jargon")]
+        models = [PlantedModel(f"llama-leak-all-{s}", CORPUS, s) for s in (10, 30, 60)]
+        models += [PlantedModel(f"llama-leak-quarter-{s}", QUARTER, s) for s in (30, 60)]
+        models += [PlantedModel("llama-ft-wikipedia-30", "wikipedia", 30)]
         return cls(models=tuple(models))
 
     def hash(self) -> str:

@@ -48,6 +48,7 @@ models stay its real relatives.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,10 +145,12 @@ def _gain(Y: np.ndarray, relatives: Sequence[np.ndarray]) -> np.ndarray:
 def _domain_means(G: np.ndarray, domains: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """K x D mean of G over the texts of each domain."""
     out = np.full((G.shape[0], len(names)), np.nan)
-    for d, name in enumerate(names):
-        sel = domains == name
-        if sel.any():
-            out[:, d] = np.nanmean(G[:, sel], axis=1)
+    with warnings.catch_warnings():  # a model without twin rows: a row of NaN, no warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for d, name in enumerate(names):
+            sel = domains == name
+            if sel.any():
+                out[:, d] = np.nanmean(G[:, sel], axis=1)
     return out
 
 
@@ -212,7 +215,8 @@ def gather_evidence(
             ok = usable & np.isfinite(gap[i])
             if ok.any():
                 twin_gap[i] = float(np.sum(gap[i, ok] * w[ok]) / np.sum(w[ok]))
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             twin_gain = np.nanmean(Gt, axis=1)
     table = pl.DataFrame(
         {
