@@ -54,9 +54,11 @@ def validate_model_key(key: str) -> str:
             f"invalid model key {key!r}: expected a Hub repo id 'org/name' made of letters, "
             "digits, '.', '_' and '-' (no spaces, commas, control characters or path parts)"
         )
-    if ".." in key or key.endswith((".", "-")) or "--" in key:
+    # The Hub's rule, per part: a part ending in '-' would also make the file name ambiguous
+    # ('a-/b' and 'a/-b' both give 'a---b').
+    if ".." in key or "--" in key or any(p.endswith((".", "-")) for p in key.split("/")):
         raise InvalidModelKey(
-            f"invalid model key {key!r}: '..', '--' and a trailing '.'/'-' are refused"
+            f"invalid model key {key!r}: '..', '--' and a part ending in '.' or '-' are refused"
         )
     return key
 

@@ -67,7 +67,7 @@ def test_bad_files_name_the_file_and_the_reason(tmp_path):
     path.write_text("model,ARC\na,150\nb,50\n")
     with pytest.raises(
         BenchmarkFileError,
-        match=r"row 1 \(model 'a'\), column 'ARC': 150.0 is not a score in percent \(0..100\)",
+        match=r"row 1 \(model 'a'\), column 'ARC': '150' is not a score in percent \(0..100\)",
     ):
         read_scores_file(path)
     path.write_text("model,ARC,arc_challenge\na,50,50\n")

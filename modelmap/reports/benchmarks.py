@@ -4,9 +4,9 @@ A scores file is CSV, TSV or Parquet with one row per model: a model column (the
 ``model``, ``model_id``, ``model_name``, ``fullname``, ``eval_name``, ``key``, ``id``, in any
 case) and one column per benchmark whose cells are scores in percent, 0 to 100, read exactly
 as written (0.5 is half a percent: nothing is rescaled). An empty cell is a missing score. A
-column with no number in it (a note, a link) is not a benchmark and is listed as ignored; in a
-column that holds numbers, every other cell must be a number too. Model ids are taken exactly
-as written (no trimming, no case folding). The file is refused, naming the file, the row
+column with no number in it (a note, a link) is not a benchmark and is listed as ignored,
+unless its name is one of the six below; in a benchmark column every cell is a number or
+empty. Model ids are taken exactly as written (no trimming, no case folding). The file is refused, naming the file, the row
 (1-based data row) and the column, when a cell is not a number (``n/a``), is NaN or infinite,
 or lies outside 0..100; when a model id is empty or listed twice; when two columns have the
 same name up to case and spaces (``model`` and ``Model``) or mean the same benchmark. The six
@@ -148,11 +148,13 @@ def _column_scores(path: Path, column: pl.Series, models: list[str]) -> list[flo
     """The column's scores (None where empty), or None when the column holds no number."""
     if column.dtype.is_numeric():
         cells = column.cast(pl.Float64).to_list()
+        texts = [repr(c) for c in cells]
     elif column.dtype == pl.Utf8:
         texts = column.to_list()
         cells = [None if t is None or not t.strip() else _number(t) for t in texts]
-        if all(c is None or c is _NOT_A_NUMBER for c in cells):
-            return None
+        known = canonical_name(column.name) in OPEN_LLM_V1
+        if not known and all(c is None or c is _NOT_A_NUMBER for c in cells):
+            return None  # a note, a link: not scores (an Open LLM benchmark name always is)
         for row, (text, cell) in enumerate(zip(texts, cells, strict=True), start=1):
             if cell is _NOT_A_NUMBER:
                 raise BenchmarkFileError(
@@ -165,7 +167,7 @@ def _column_scores(path: Path, column: pl.Series, models: list[str]) -> list[flo
         if cell is not None and not (math.isfinite(cell) and 0.0 <= cell <= 100.0):
             raise BenchmarkFileError(
                 f"{path}: row {row} (model {models[row - 1]!r}), column {column.name!r}: "
-                f"{cell!r} is not a score in percent (0..100)"
+                f"{texts[row - 1]!r} is not a score in percent (0..100)"
             )
     return cells
 
