@@ -14,8 +14,8 @@ The two figures of the issue's target:
   models (the map's refresh after it is not counted);
 - `pure_scoring_s`: the same models scored one after another in this process, warm (libraries
   imported and one model scored before timing), each model loaded from its folder and scored
-  on the same corpus with the same scorer settings: what the batch would cost with no
-  platform at all.
+  on the same corpus (and its held-out twin texts, as the asset does) with the same scorer
+  settings: what the batch would cost with no platform at all.
 `benchmark_scores` runs in the same runs as `likelihood`; by default it measures no tasks
 (`MODELMAP_BENCHMARK_MEASURE=never`, it still writes each model's file), so both figures time
 the same work; `--measure-tasks` measures the tasks in the backfill and in the pure loop alike.
@@ -59,12 +59,19 @@ def pure_scoring_s(env: dict, keys: list[str], measure_tasks: bool) -> float:
 
     resources = build_resources(env)
     scorer, source = resources["scorer"], resources["model_source"]
-    texts = resources["storage"].read_corpus()[0]["text"].to_list()
+    storage = resources["storage"]
+    corpus_df, corpus_meta = storage.read_corpus()
+    texts = corpus_df["text"].to_list()
+    # The held-out twin texts are scored with every model too (for the leakage screen).
+    twins = storage.read_twins(corpus_meta["corpus_hash"])
+    twin_texts = twins[0]["text"].to_list() if twins is not None else []
     tasks = resources["benchmarks"].tasks() if measure_tasks else None
 
     def one(key: str) -> None:
         loaded = scorer.load(key, source.describe(key)["path"])
         scorer.score(loaded, texts, log=lambda s: None)
+        if twin_texts:
+            scorer.score(loaded, twin_texts, log=lambda s: None)
         if tasks is not None:
             budget = scorer.token_budget or default_token_budget(loaded.device)
             evaluate_tasks(
