@@ -19,6 +19,8 @@ The two figures of the issue's target:
 `benchmark_scores` runs in the same runs as `likelihood`; by default it measures no tasks
 (`MODELMAP_BENCHMARK_MEASURE=never`, it still writes each model's file), so both figures time
 the same work; `--measure-tasks` measures the tasks in the backfill and in the pure loop alike.
+MLflow is off by default (`--mlflow on`: a run per model and asset in a SQLite store, which the
+pure loop does not pay).
 With `--write` the figures go to the `backfill` entry of `benchmarks/scale.json` (other
 entries are kept).
 """
@@ -125,11 +127,15 @@ def main() -> int:
     parser.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--pg-port", default="5433")
     parser.add_argument("--measure-tasks", action="store_true")
+    parser.add_argument(
+        "--mlflow", choices=["on", "off"], default="off", help="MLflow run per model and asset"
+    )
     parser.add_argument("--write", action="store_true", help="write benchmarks/scale.json")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="modelmap-backfill-"))
     measure = "missing" if args.measure_tasks else "never"
-    extra, instance_yaml = {"MODELMAP_BENCHMARK_MEASURE": measure}, "dagster.yaml"
+    extra = {"MODELMAP_BENCHMARK_MEASURE": measure, "MODELMAP_MLFLOW": args.mlflow}
+    instance_yaml = "dagster.yaml"
     if args.storage == "postgres":
         db = f"bench_{uuid.uuid4().hex[:8]}"
         extra |= {
@@ -169,6 +175,7 @@ def main() -> int:
         "pure_scoring_s": round(pure, 1),
         "ratio": round(to_last_likelihood / pure, 2),
         "benchmark_measure": measure,
+        "mlflow": args.mlflow,
         "wall_s_with_map_refresh": round(wall, 1),
         "runs": statuses,
         "map_refreshes": refreshes,
@@ -187,10 +194,12 @@ def main() -> int:
                 "storage": args.storage,
                 "texts": 40,
                 "benchmark_measure": measure,
+                "mlflow": args.mlflow,
                 "models_per_run": MODELS_PER_RUN,
                 "command": "python benchmarks/bench_backfill.py --models "
                 f"{args.models} --storage {args.storage}"
                 + (" --measure-tasks" if args.measure_tasks else "")
+                + f" --mlflow {args.mlflow}"
                 + " --write",
             }
         )

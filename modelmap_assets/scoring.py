@@ -198,6 +198,8 @@ def likelihood_checks(
     # Check results are reported per model as events too, so their outputs must be optional.
     can_subset=True,
     pool="gpu",
+    # Before `benchmark_scores` for the `gpu` slot, in a run and across runs: scores first.
+    op_tags={"dagster/priority": "1"},
     backfill_policy=BATCH_POLICY,
 )
 def likelihood(

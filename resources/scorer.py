@@ -44,6 +44,13 @@ class ScorerResource(dg.ConfigurableResource):
     max_context: int | None = None  # cap on the model's context length
     progress_every_s: float = 10.0
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Import the model-loading libraries when the run starts, not inside the scoring step:
+        a run that waits for the `gpu` slot pays them while the batch before it scores."""
+        import transformers
+
+        transformers.AutoModelForCausalLM, transformers.AutoTokenizer  # noqa: B018
+
     def load(
         self,
         key: str,

@@ -75,6 +75,11 @@ def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
         assert done.status == BulkActionStatus.COMPLETED_SUCCESS, done.status
         for asset in ("likelihood", "benchmark_scores"):  # the three chosen, not the other two
             assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(chosen)
+        # The two neighbouring models share one run (the assets' backfill policy).
+        ranged = [r for r in instance.get_runs() if "dagster/asset_partition_range_start" in r.tags]
+        assert [(r.tags["dagster/asset_partition_range_start"]) for r in ranged] == [
+            "zoo/llama-base"
+        ]
         # Declarative automation refreshes the map and the reports once the scores land; the
         # reports read the new Q (not before it exists).
         assert wait_for_refresh(instance, launched, timeout_s=300, poll_s=2) == []
