@@ -15,7 +15,8 @@ The two figures of the issue's target:
 - `pure_scoring_s`: the same models scored one after another in this process, warm (libraries
   imported and one model scored before timing), each model loaded from its folder and scored
   on the same corpus (and its held-out twin texts, as the asset does) with the same scorer
-  settings: what the batch would cost with no platform at all.
+  settings: what the batch would cost with no platform at all. It is timed just before and
+  just after the backfill (the mean is the figure; a shared machine's load moves both).
 `benchmark_scores` runs in the same runs as `likelihood`; by default it measures no tasks
 (`MODELMAP_BENCHMARK_MEASURE=never`, it still writes each model's file), so both figures time
 the same work; `--measure-tasks` measures the tasks in the backfill and in the pure loop alike.
@@ -27,6 +28,7 @@ entries are kept).
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -96,7 +98,7 @@ def write_backfill_entry(entry: dict) -> None:
     """Read-modify-write only the `backfill` key of scale.json (others own `runs` etc.)."""
     import fcntl
 
-    with open(SCALE_JSON.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / "modelmap-scale-json.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(SCALE_JSON.read_text()) if SCALE_JSON.exists() else {}
         data["backfill"] = entry
@@ -154,12 +156,18 @@ def main() -> int:
     platform = prepare(root, instance_yaml=instance_yaml, extra_env=extra)
     keys = platform.copy_batch(args.models)
     instance = platform.instance
+    # The machine may be shared: time the pure loop just before and just after the backfill,
+    # and compare the backfill with their mean (both are reported, with the load averages).
+    load_before = os.getloadavg()[0]
+    pure_before = pure_scoring_s(platform.env, keys, args.measure_tasks)
     with local_platform(platform.env, platform.logs) as servers:
         t0 = time.time()
         code = backfill(instance, keys, servers.url, wait=True, timeout_s=3 * 3600)
         wall = time.time() - t0
     to_last_likelihood = last_likelihood_at(instance, keys) - t0
-    pure = pure_scoring_s(platform.env, keys, args.measure_tasks)
+    load_during = os.getloadavg()[1]  # 5-minute mean, mostly the backfill's time
+    pure_after = pure_scoring_s(platform.env, keys, args.measure_tasks)
+    pure = (pure_before + pure_after) / 2
     statuses: dict[str, int] = {}
     for r in instance.get_runs():
         statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
@@ -173,7 +181,13 @@ def main() -> int:
         "backfill_exit": code,
         "wall_s": round(to_last_likelihood, 1),
         "pure_scoring_s": round(pure, 1),
+        "pure_scoring_before_after_s": [round(pure_before, 1), round(pure_after, 1)],
         "ratio": round(to_last_likelihood / pure, 2),
+        "load_average": [
+            round(load_before, 1),
+            round(load_during, 1),
+            round(os.getloadavg()[0], 1),
+        ],
         "benchmark_measure": measure,
         "mlflow": args.mlflow,
         "wall_s_with_map_refresh": round(wall, 1),
@@ -190,7 +204,10 @@ def main() -> int:
                 "models": args.models,
                 "wall_s": result["wall_s"],
                 "pure_scoring_s": result["pure_scoring_s"],
+                "pure_scoring_before_after_s": result["pure_scoring_before_after_s"],
                 "ratio": result["ratio"],
+                "load_average": result["load_average"],
+                "cpus": os.cpu_count(),
                 "storage": args.storage,
                 "texts": 40,
                 "benchmark_measure": measure,
