@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from modelmap.geometry.placement import Centring
 from modelmap.likelihoods import read_metadata as read_likelihood_metadata
 from modelmap.likelihoods import twin_rows
 from modelmap.reports import leakage, leakage_evidence, lineage, regression
@@ -26,7 +27,7 @@ from modelmap.reports.tasks import TaskError, evaluate_tasks, tasks_hash
 from modelmap.scoring.engine import default_token_budget
 from modelmap.storage import write_parquet, write_text
 from modelmap_assets.batches import BATCH_POLICY, BatchFailures
-from modelmap_assets.geometry import coordinates, read_coordinates, refresh
+from modelmap_assets.geometry import CENTRING_FILE, coordinates, read_coordinates, refresh
 from modelmap_assets.metadata import md_table, png_md
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.runs import others_in_progress
@@ -250,10 +251,13 @@ def regression_report(
     write_parquet(predicted, out / "predicted_missing.parquet", meta)
     regression.scatter_png(report.predictions, report.table, out / "scatter.png")
     folder = storage.current_version_dir("coordinates")
-    predictor = ScorePredictor.from_matrix(
-        np.load(folder / "L_raw.npy", mmap_mode="r"),
-        clip_value=info["clip_threshold_nats"],
+    # The map's own fitted centring (clip value, column means): the predictor centres a new
+    # model's row exactly as the map and the placement do.
+    centring = Centring.load(folder / CENTRING_FILE)
+    predictor = ScorePredictor(
         text_ids=pl.read_parquet(storage.corpus_path, columns=["text_id"])["text_id"].to_list(),
+        clip_value=centring.clip_value,
+        col_means=centring.col_means,
         targets=fitted.targets,
         coef=fitted.coef,
         intercept=fitted.intercept,
