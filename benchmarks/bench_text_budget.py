@@ -161,7 +161,7 @@ def main() -> None:
         z = np.load(args.zoo_scores)
         keys = sorted(k for k in z.files if "@" not in k and "seed1" not in k)
         L = np.stack([z[k] for k in keys])
-        families = [k.split("/")[1].split("-")[0] for k in keys]
+        families = [k.split("-")[0] for k in keys]  # "small/gpt2-ft-bible" -> "small/gpt2"
         n_budget, rows, summary = zoo_placement(L, keys, families)
         Q = double_centre(clip_global(L, 2.0)[0])
         pairs = np.array(np.triu_indices(len(keys), 1)).T

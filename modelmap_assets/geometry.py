@@ -31,7 +31,7 @@ from modelmap.geometry.mapping import (
     write_map_html,
 )
 from modelmap.geometry.placement import Centring
-from modelmap.geometry.regime import mark_kl_regime
+from modelmap.geometry.regime import mark_kl_regime, scale_bands_html
 from modelmap.geometry.textbudget import (
     partial_row_distances,
     place_from_neighbours,
@@ -607,6 +607,7 @@ def model_map(
             "nearest": nearest,
             "scored on": scored_on,
         },
+        notes_html=scale_bands_html(_regime_limit(storage)),
     )
     write_parquet(
         pl.DataFrame(
@@ -663,6 +664,18 @@ def _previous_map(
         return None
     rows = np.array([row_of[k] for k in kept["key"].to_list()], dtype=np.int64)
     return kept.select("x", "y").to_numpy().astype(np.float64), rows
+
+
+def _regime_limit(storage: StorageResource) -> float:
+    """The KL-regime limit the current `kl_table` was written with."""
+    path = storage.root / "kl_table" / "neighbours.parquet"
+    if path.exists():
+        return float(
+            read_parquet_metadata(path).get(
+                "kl_regime_max_bits_per_byte", KL_REGIME_MAX_BITS_PER_BYTE
+            )
+        )
+    return KL_REGIME_MAX_BITS_PER_BYTE
 
 
 def _nearest(storage: StorageResource, keys: list[str]) -> list[str]:

@@ -4,7 +4,7 @@ The estimate ``2KL(i, j) ~= (1/N) sum_s (d_s - dbar)^2`` with ``d_s = q_i(x_s) -
 (nats) is a mean over the N corpus texts, so its uncertainty is that of the texts: which
 texts were drawn from the distribution the corpus samples. Two ways to get it:
 
-- **Bootstrap over texts** (``est +/- z`` times the bootstrap standard error): resample
+- **Bootstrap over texts** (its standard error, `bootstrap_interval`): resample
   the N texts with replacement B times and recompute every estimate on the same resamples
   (so differences between two estimates of one model are *paired*). Vectorised: with
   multinomial counts C (B x N) and the P differences D (P x N), ``S1 = C D^T`` and
@@ -15,8 +15,8 @@ texts were drawn from the distribution the corpus samples. Two ways to get it:
 - **Closed-form standard error** for every pair at once (the pairs table): with
   ``Y_s = d_s^2`` (rows of Q are centred, so dbar = 0 over all N texts) the estimate is the
   mean of Y and ``SE^2 = (mean(Y^2) - mean(Y)^2) / N``; ``mean(d^4)`` for all pairs comes
-  from the Gram-like products ``Q^3 Q^T``, ``Q^2 (Q^2)^T``. The interval is ``est +/- z SE``
-  clamped at 0; it agrees with the bootstrap's (tests/test_textbudget.py).
+  from the Gram-like products ``Q^3 Q^T``, ``Q^2 (Q^2)^T``. It agrees with the bootstrap's
+  (tests/test_textbudget.py). Intervals are built on the log scale (`normal_interval`).
 
 Both are checked against held-out texts by `half_split_coverage`: from one half of the
 texts, the interval widened by sqrt(2) should contain the other half's estimate at its level.
@@ -90,9 +90,9 @@ def bootstrap_two_kl(
 def bootstrap_interval(
     est: np.ndarray, samples: np.ndarray, level: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``est +/- z sd(samples)``, low end clamped at 0: the bootstrap's standard error with a
-    normal interval. (The percentile interval of the same samples under-covers: 92.9% for a
-    stated 95% in the half-split check on a synthetic matrix, against 95.0% for this one.)"""
+    """`normal_interval` with the bootstrap's standard error ``sd(samples)``. (The percentile
+    interval of the same samples under-covers: 92.9% for a stated 95% in the half-split
+    check on a synthetic matrix, 92.6% on the zoo.)"""
     return normal_interval(np.asarray(est), samples.std(axis=0, ddof=1), level)
 
 
@@ -181,9 +181,18 @@ def two_kl_standard_errors(Q: np.ndarray) -> np.ndarray:
 
 
 def normal_interval(est: np.ndarray, se: np.ndarray, level: float):
-    """``est +/- z se``, the low end clamped at 0 (a 2KL is never negative)."""
+    """Interval of a 2KL from its standard error, built on the log scale:
+    ``est * exp(-/+ z se / est)`` (0 where est is 0).
+
+    A 2KL is a variance: positive and right-skewed, its error larger upwards (a text that
+    dominates a distance may be missing from the sample, never present twice as often).
+    On the zoo the symmetric ``est +/- z se`` held the other half's estimate 93.2% of the
+    time at 95%, missing above 6.4% and below 0.4%; this one 94.3% (2.8% / 2.9%).
+    """
     z = z_value(level)
-    return np.maximum(est - z * se, 0.0), est + z * se
+    est = np.asarray(est, dtype=np.float64)
+    rel = np.divide(se, est, out=np.zeros_like(est), where=est > 0)
+    return est * np.exp(-z * rel), est * np.exp(z * rel)
 
 
 def half_split_coverage(
@@ -217,7 +226,6 @@ def half_split_coverage(
     half = N // 2
     D_all = np.asarray(Q[pairs[:, 0]], dtype=np.float64) - np.asarray(Q[pairs[:, 1]], np.float64)
     hits = below = above = 0
-    z = z_value(level)
     widen = math.sqrt(2.0)
     for _ in range(n_splits):
         perm = rng.permutation(N)
@@ -235,11 +243,13 @@ def half_split_coverage(
             Ac = A - A.mean(axis=1, keepdims=True)
             Y = Ac * Ac
             se = Y.std(axis=1) / math.sqrt(half)
-            lo, hi = est_a - z * se, est_a + z * se
+            lo, hi = normal_interval(est_a, se, level)
         else:
             raise ValueError(f"unknown method {method!r}")
-        lo_w = est_a + widen * (lo - est_a)
-        hi_w = est_a + widen * (hi - est_a)
+        # Widened about est_A on the log scale the intervals are built on.
+        pos = est_a > 0
+        lo_w = np.where(pos, est_a * (np.maximum(lo, 1e-300) / np.where(pos, est_a, 1)) ** widen, 0)
+        hi_w = np.where(pos, est_a * (hi / np.where(pos, est_a, 1)) ** widen, 0)
         below += int((est_b < lo_w).sum())
         above += int((est_b > hi_w).sum())
         hits += int(((est_b >= lo_w) & (est_b <= hi_w)).sum())

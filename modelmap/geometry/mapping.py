@@ -418,8 +418,12 @@ def write_map_html(
     path: str | os.PathLike,
     extra: dict[str, list] | None = None,
     title: str = "Model map (t-SNE of log-likelihood vectors)",
+    notes_html: str | None = None,
 ) -> Path:
     """Write an interactive, self-contained (offline) HTML map to ``path``, atomically.
+
+    ``notes_html``: a trusted HTML fragment shown under the map (the scale to read
+    distances by).
 
     One plotly trace per family (click the legend to hide/show a family); hovering a point
     shows the model key, its family and every column of ``extra``.
@@ -482,6 +486,8 @@ def write_map_html(
         height=800,
     )
     page = fig.to_html(include_plotlyjs=True, full_html=True)
+    if notes_html:
+        page = page.replace("</body>", f"<div style='margin:1em 3em'>{notes_html}</div></body>", 1)
     return write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 

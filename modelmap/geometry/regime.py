@@ -26,3 +26,34 @@ def mark_kl_regime(table: pl.DataFrame, max_bits_per_byte: float) -> pl.DataFram
     return table.with_columns(inside.alias("in_kl_regime")).with_columns(
         pl.when(pl.col("in_kl_regime")).then(pl.col(c)).otherwise(None).alias(c) for c in present
     )
+
+
+#: A scale to read distances by, in bits per byte: (what differs, low, high, source).
+#: The zoo rows come from ``scripts/measure_kl_regime.py`` (README, "A scale to read
+#: distances by"); the paper rows from the KL-scale paper (arXiv 2505.15353), real models.
+SCALE_BANDS: list[tuple[str, float, float, str]] = [
+    ("the same model in bfloat16 vs float32", 0.0, 0.0, "zoo"),
+    ("weight noise, 1% of each tensor's sd", 0.0, 0.0, "zoo"),
+    ("a 30-step fine-tune vs its base", 0.0, 0.0, "zoo"),
+    ("another base of the same architecture", 0.0, 0.0, "zoo"),
+    ("consecutive checkpoints", 0.02, 0.07, "paper"),
+    ("different random seeds", 0.1, 0.1, "paper"),
+    ("different model sizes", 0.3, 2.0, "paper"),
+]
+
+
+def scale_bands_html(max_bits_per_byte: float) -> str:
+    """The scale bands and the regime limit as an HTML fragment for the map page."""
+    rows = "".join(
+        f"<tr><td>{what}</td><td>{lo:.3g}{'' if lo == hi else f' - {hi:.3g}'}</td>"
+        f"<td>{src}</td></tr>"
+        for what, lo, hi, src in SCALE_BANDS
+    )
+    return (
+        "<h3>A scale to read distances by (2KL, bits per byte)</h3>"
+        "<table border='1' cellpadding='4' style='border-collapse:collapse'>"
+        "<tr><th>what differs</th><th>2KL bits/byte</th><th>measured on</th></tr>"
+        f"{rows}</table>"
+        f"<p>Estimates above {max_bits_per_byte:g} bits/byte are outside the KL regime: "
+        "the tables give them as a squared map distance (nats per text), not as a KL.</p>"
+    )
