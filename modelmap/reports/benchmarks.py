@@ -1,19 +1,19 @@
-"""Benchmark scores: a user's file of published scores, and the targets the regression fits.
-
-A scores file is CSV, TSV or Parquet with one row per model: a model column (the first of
+"""Benchmark scores: a user's file of published scores, and the targets the regression fits. A
+scores file is CSV, TSV or Parquet with one row per model: a model column (the first of
 ``model``, ``model_id``, ``model_name``, ``fullname``, ``eval_name``, ``key``, ``id``, in any
-case) and one column per benchmark whose cells are scores in percent, 0 to 100, read exactly
-as written (0.5 is half a percent: nothing is rescaled). An empty cell is a missing score. A
+case) and one column per benchmark whose cells are scores in percent, 0 to 100, read exactly as
+written (0.5 is half a percent: nothing is rescaled). An empty cell is a missing score. A
 column with no number in it (a note, a link) is not a benchmark and is listed as ignored,
-unless its name is one of the six below; in a benchmark column every cell is a number or
-empty. Model ids are taken exactly as written (no trimming, no case folding). The file is
-refused, naming the file, the row (1-based data row) and the column, when a cell is not a number (``n/a``), is NaN or infinite,
-or lies outside 0..100; when a model id is empty or listed twice; when two columns have the
-same name up to case and spaces (``model`` and ``Model``) or mean the same benchmark. The six
-benchmarks of the Open LLM Leaderboard v1 are recognised under their usual spellings (``ARC``,
-``arc_challenge``, ``HellaSwag (10-shot)``, ``MMLU``, ``TruthfulQA``, ``truthfulqa_mc2``,
-``Winogrande``, ``GSM8K``, ...) and renamed to ``ARC``, ``HellaSwag``, ``MMLU``,
-``TruthfulQA``, ``Winogrande``, ``GSM8K``; other benchmark columns keep their own names.
+unless its name is one of the six below; in a benchmark column every cell is a number or empty.
+Model ids are taken exactly as written (no trimming, no case folding). The file is refused,
+naming the file, the row (1-based data row) and the column, when a cell is not a number
+(``n/a``), is NaN or infinite, or lies outside 0..100; when a model id is empty or listed
+twice; when two columns have the same name up to case and spaces (``model`` and ``Model``) or
+mean the same benchmark. The six benchmarks of the Open LLM Leaderboard v1 are recognised under
+their usual spellings (``ARC``, ``arc_challenge``, ``HellaSwag (10-shot)``, ``MMLU``,
+``TruthfulQA``, ``truthfulqa_mc2``, ``Winogrande``, ``GSM8K``, ...) and renamed to ``ARC``,
+``HellaSwag``, ``MMLU``, ``TruthfulQA``, ``Winogrande``, ``GSM8K``; other benchmark columns
+keep their own names.
 
 Every score belongs to a suite: ``open_llm_v1`` (those six), ``modelmap_tasks`` (measured by
 the platform, see ``modelmap.reports.tasks``) or ``file`` (any other column of the file). The
