@@ -39,7 +39,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -778,11 +778,17 @@ def publish(
     return dest
 
 
-def publish_zoo(root: Path | str, zoo_dir: Path | str, org: str | None = None) -> list[str]:
+def publish_zoo(
+    root: Path | str,
+    zoo_dir: Path | str,
+    org: str | None = None,
+    only: Collection[str] | None = None,
+) -> list[str]:
     """Publish every model of a zoo registry (`zoo.json`) to the local Hub; returns repo ids.
 
     Models are published in registry order, one second apart in `createdAt`, so a listing
-    newest first is deterministic. `org` replaces the keys' organisation when given.
+    newest first is deterministic. `org` replaces the keys' organisation when given; `only`
+    keeps the registry keys it lists.
     """
     from datetime import timedelta
 
@@ -790,7 +796,8 @@ def publish_zoo(root: Path | str, zoo_dir: Path | str, org: str | None = None) -
 
     start = datetime.now(UTC).replace(microsecond=0)
     ids = []
-    for i, model in enumerate(load_registry(zoo_dir)):
+    models = [m for m in load_registry(zoo_dir) if only is None or m.key in only]
+    for i, model in enumerate(models):
         repo_id = f"{org}/{model.key.split('/', 1)[1]}" if org else model.key
         publish(
             root,

@@ -30,10 +30,10 @@ class LocalPlatform:
     """`dagster-daemon` and `dagster-webserver` on loopback, each in its own process group so
     that stopping one also stops what it started (code servers, run workers)."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path):
+    def __init__(self, env: Mapping[str, str], log_dir: Path, port: int | None = None):
         self.env = dict(env)
         self.log_dir = log_dir
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.groups: list[int] = []  # every process group started, stopped daemons' included

@@ -142,6 +142,15 @@ def _continue_training(model, tokenizer, texts: list[str], log) -> float:
     return float(loss.item())
 
 
+def family_keys() -> tuple[str, ...]:
+    """The keys of the family `build_smollm_family` builds, the real model first."""
+    return (
+        BASE_KEY,
+        *(f"{BASE_KEY}-noise-{scale:g}" for scale in NOISE_SCALES),
+        f"{BASE_KEY}-ft-{FINETUNE_DOMAIN}",
+    )
+
+
 def build_smollm_family(cache_dir: str | Path | None = None, log=print) -> Path:
     """``<cache>/smollm2``: SmolLM2-135M-Instruct and three models derived from it, with a
     ``zoo.json`` registry (the same format as the zoo's), built once and reused.

@@ -1,4 +1,4 @@
-"""Backfills of model batches through the Dagster webserver's GraphQL API.
+"""Backfills of model batches (and a sensor's on/off) through the Dagster webserver's GraphQL API.
 
 The Dagster CLI cannot add dynamic partitions, so `modelmap backfill KEY...` registers the keys
 in the `models` partitions (in the instance of $DAGSTER_HOME, which the webserver and daemon
@@ -106,3 +106,45 @@ def wait_for_backfill(
             return status
         time.sleep(poll_s)
     raise BackfillError(f"backfill {backfill_id} still {last} after {timeout_s:.0f} s")
+
+
+REPOSITORIES = """
+query Repositories {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+SENSOR = """
+mutation Sensor($selector: SensorSelector!) {
+  %s(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on SensorNotFoundError { message }
+  }
+}
+"""
+
+
+def set_sensor(url: str, name: str, running: bool) -> str:
+    """Turn a sensor on (`startSensor`) or back to its default, off (`resetSensor`), as the
+    UI's toggle does; returns its status."""
+    repos = graphql(url, REPOSITORIES, {})["repositoriesOrError"]
+    if repos["__typename"] != "RepositoryConnection" or not repos["nodes"]:
+        raise BackfillError(f"{url}: no code location loaded ({repos.get('message')})")
+    repo = repos["nodes"][0]
+    selector = {
+        "repositoryName": repo["name"],
+        "repositoryLocationName": repo["location"]["name"],
+        "sensorName": name,
+    }
+    mutation = "startSensor" if running else "resetSensor"
+    result = graphql(url, SENSOR % mutation, {"selector": selector})[mutation]
+    if result["__typename"] != "Sensor":
+        raise BackfillError(f"{mutation} {name}: {result['__typename']}: {result.get('message')}")
+    return result["sensorState"]["status"]

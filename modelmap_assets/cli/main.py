@@ -107,41 +107,6 @@ def materialize_all(
     return {"failed": failed, "storage": resources["storage"].root}
 
 
-def demo_through_hub(
-    instance: dg.DagsterInstance, corpus_config: dict, small: bool, smollm: bool = True
-) -> dict:
-    """The path a deployment takes: the zoo (and the SmolLM2 family) is published to a local
-    Hub server, the `hub_models_sensor` finds it and requests one run per model (likelihood and
-    benchmark_scores), and declarative automation refreshes coordinates, kl_table, model_map
-    and the reports. Only the corpus is materialized by hand.
-    """
-    from modelmap_assets.cli.ticks import LocalDaemon
-    from modelmap_assets.definitions import defs
-    from workshop.hub_server import HubServer, publish_zoo
-    from workshop.zoo import ZooSpec, build_zoo
-
-    zoo_dir = cache_dir() / "zoo"
-    build_zoo(zoo_dir, spec=ZooSpec.small() if small else ZooSpec.default())
-    hub_root = cache_dir() / "hub_repos"
-    with HubServer(hub_root) as server:
-        published = publish_zoo(hub_root, zoo_dir)
-        if smollm:
-            from workshop.smollm import build_smollm_family
-
-            published += publish_zoo(hub_root, build_smollm_family(cache_dir()))
-        print(f"local Hub at {server.url}: published {len(published)} zoo models")
-        # Every model comes from the Hub now, as in a deployment: no local model folders.
-        env = {**os.environ, "HF_ENDPOINT": server.url, "MODELMAP_LOCAL_MODELS": ""}
-        resources = build_resources(env)
-        materialize_corpus(instance, resources, corpus_config)
-        ticks = LocalDaemon(defs(), instance, resources).run_until_idle()
-    print(
-        f"sensor added {len(ticks.added)} models, {len(ticks.scored)} scored, "
-        f"{len(ticks.failed)} failed; automation refreshed the map {len(ticks.refreshed)} times"
-    )
-    return {"failed": ticks.failed, "storage": resources["storage"].root}
-
-
 def backfill(
     instance: dg.DagsterInstance, keys: list[str], url: str, wait: bool, timeout_s: float = 3600
 ) -> int:
@@ -362,10 +327,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--source", default="embedded", help="embedded | jsonl | folder")
         p.add_argument("--path", default=None, help="the corpus file or folder")
         p.add_argument("--n-texts", type=int, default=1000)
-    demo.add_argument("--small", action="store_true")
+    demo.add_argument("--small", action="store_true", help="stop after the small zoo's first map")
     demo.add_argument(
-        "--no-smollm", action="store_true", help="leave out the SmolLM2 family (~25 min on CPU)"
+        "--no-smollm", action="store_true", help="leave out SmolLM2 (~6 min per model on CPU)"
     )
+    demo.add_argument(
+        "--smollm-family",
+        action="store_true",
+        help="also the three models derived from SmolLM2 (noise 0.1%%, 1%%, a fine-tune)",
+    )
+    demo.add_argument("--port", type=int, default=3000, help="the Dagster UI's port")
     args = parser.parse_args(argv)
 
     if args.command == "neighbours":
@@ -385,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
     t0 = time.perf_counter()
     if args.command == "demo":
-        outcome = demo_through_hub(instance, corpus_config, args.small, not args.no_smollm)
+        from modelmap_assets.cli.demo import SMOLLM_DEFAULT, run_demo
+        from workshop.smollm import family_keys
+
+        smollm = () if args.no_smollm else family_keys() if args.smollm_family else SMOLLM_DEFAULT
+        outcome = run_demo(corpus_config, smollm, args.port, small_only=args.small)
     else:
         outcome = materialize_all(instance, corpus_config)
     root = outcome["storage"]
