@@ -1,5 +1,6 @@
-"""Benchmark scores: a user's file of published scores, and the targets the regression fits. A
-scores file is CSV, TSV or Parquet with one row per model: a model column (the first of
+"""Benchmark scores: a user's file of published scores, and the targets the regression fits.
+
+A scores file is CSV, TSV or Parquet with one row per model: a model column (the first of
 ``model``, ``model_id``, ``model_name``, ``fullname``, ``eval_name``, ``key``, ``id``, in any
 case) and one column per benchmark whose cells are scores in percent, 0 to 100, read exactly as
 written (0.5 is half a percent: nothing is rescaled). An empty cell is a missing score. A
