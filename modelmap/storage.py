@@ -168,8 +168,11 @@ def atomic_path(final: Path):
 
 def write_atomic(final: Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp_path)` and rename the result onto `final`."""
-    with atomic_path(final) as tmp:
-        write(tmp)
+    try:
+        with atomic_path(final) as tmp:
+            write(tmp)
+    except OSError as exc:  # a full disk or a quota: say which file (the library may not)
+        raise OSError(exc.errno, f"cannot write {final}: {exc.strerror or exc}") from exc
     return Path(final)
 
 

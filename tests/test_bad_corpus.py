@@ -41,3 +41,48 @@ def test_bad_line_is_refused_with_file_and_line(tmp_path, bad, message):
 def test_bad_bytes_after_the_first_n_texts_are_not_read(tmp_path):
     path = _write(tmp_path, GOOD, _line("second"), b"\xff\xfe not read\n")
     assert [t.text for t in load_pile_jsonl(path, 2)] == ["a first text of the corpus", "second"]
+
+
+def test_a_task_with_two_equal_choices_is_refused(tmp_path):
+    # A tie goes to the first choice: a duplicate of the answer would score it right for free.
+    from modelmap.reports.tasks import TaskError, read_tasks
+
+    item = {"id": "q1", "context": "In the", "choices": [" beginning", " beginning"], "answer": 0}
+    (tmp_path / "dup.jsonl").write_text(json.dumps(item) + "\n")
+    with pytest.raises(TaskError, match=r"dup\.jsonl: line 1: two choices are the same text"):
+        read_tasks(tmp_path)
+
+
+FULL_DISK_WRITER = """
+import resource, signal, sys
+import numpy as np, polars as pl
+from pathlib import Path
+from modelmap.storage import write_parquet
+
+final = Path(sys.argv[1])
+write_parquet(pl.DataFrame({"x": [1.0]}), final)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a quota: writes fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+    write_parquet(pl.DataFrame({"x": np.random.default_rng(0).random(100_000)}), final)
+except OSError as exc:
+    print("ERROR", exc)
+"""
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_version(tmp_path):
+    import subprocess
+    import sys
+
+    import polars as pl
+
+    final = tmp_path / "likelihood" / "org--m.parquet"
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_WRITER, str(final)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert f"ERROR [Errno 27] cannot write {final}" in out, out
+    assert pl.read_parquet(final)["x"].to_list() == [1.0]
+    assert [p.name for p in final.parent.iterdir()] == [final.name]  # no temporary left

@@ -99,6 +99,9 @@ def parse_item(obj: object, where: str) -> Item:
         raise TaskError(f"{where}: every choice must be a non-empty string")
     if not isinstance(obj["context"], str):
         raise TaskError(f"{where}: 'context' must be a string")
+    if len(set(choices)) != len(choices):
+        # Equal choices tie, and a tie goes to the first: a duplicate of the answer scores it.
+        raise TaskError(f"{where}: two choices are the same text")
     answer = obj["answer"]
     if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
         raise TaskError(f"{where}: 'answer' must be an index into the {len(choices)} choices")
