@@ -188,3 +188,53 @@ def test_the_full_refresh_is_rate_limited_by_default():
         dg.AssetKey("regression_report")
     ]
     assert report.get_label() == "refresh with the map"
+
+
+@pytest.mark.slow
+def test_hourly_refresh_waits_for_the_tick_and_not_for_models_in_progress():
+    """Declarative automation evaluated for real (Dagster's evaluator, an ephemeral instance):
+    the first map comes at once, later scores wait for the next tick of the schedule, and
+    then the refresh does not wait for the hour's other models (a model still in progress
+    would not hold it either: the condition has no `any_deps_in_progress`)."""
+    import datetime as dt
+
+    def at(hh, mm):
+        return dt.datetime(2026, 12, 1, hh, mm, tzinfo=dt.UTC)
+
+    assets = dg.Definitions(
+        assets=with_schedule(ASSETS, "0 * * * *"), resources=build_resources({})
+    )
+    selection = dg.AssetSelection.assets("coordinates")
+
+    def scored(instance, key):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key="likelihood", partition=key)
+        )
+
+    def requested(result):
+        return result.get_num_requested(dg.AssetKey("coordinates"))
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(models_partitions.name, ["a/one", "a/two"])
+        result = dg.evaluate_automation_conditions(
+            assets, instance, selection, evaluation_time=at(10, 0)
+        )
+        scored(instance, "a/one")
+        result = dg.evaluate_automation_conditions(
+            assets, instance, selection, evaluation_time=at(10, 1), cursor=result.cursor
+        )
+        assert requested(result) == 1  # the first map: no waiting for the hour
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="coordinates"))
+        result = dg.evaluate_automation_conditions(
+            assets, instance, selection, evaluation_time=at(10, 2), cursor=result.cursor
+        )
+        scored(instance, "a/two")
+        for minute in (5, 30, 59):
+            result = dg.evaluate_automation_conditions(
+                assets, instance, selection, evaluation_time=at(10, minute), cursor=result.cursor
+            )
+            assert requested(result) == 0  # new scores wait for the hour
+        result = dg.evaluate_automation_conditions(
+            assets, instance, selection, evaluation_time=at(11, 0), cursor=result.cursor
+        )
+        assert requested(result) == 1
