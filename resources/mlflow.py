@@ -224,9 +224,6 @@ class MlflowResource(dg.ConfigurableResource):
     def _client(self) -> tuple[mlflow.MlflowClient, str]:
         """A client on this store and the id of `experiment` (created if need be)."""
         _quiet_mlflow()
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
         uri = self.uri()
         down_since = _DOWN.get(uri)
         if down_since is not None and time.monotonic() - down_since < _DOWN_FOR_S:
@@ -236,6 +233,9 @@ class MlflowResource(dg.ConfigurableResource):
             _DOWN[uri] = time.monotonic()
             raise TrackingStoreDown(reason)
         _DOWN.pop(uri, None)
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
         db = _sqlite_path(uri)
         if db is not None and uri not in _INITIALISED:
             # The first client on a new database creates its tables (tracking store eagerly,

@@ -69,6 +69,7 @@ def test_ids_are_read_exactly_and_near_misses_named():
     assert match.near_misses == {"org/a ": "org/a", "ORG/B": "org/b", "c": "org/c"}
 
 
+@pytest.mark.slow
 def test_the_asset_names_a_near_miss_of_its_model(tmp_path):
     import dagster as dg
 

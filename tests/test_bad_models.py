@@ -83,6 +83,7 @@ def test_a_tokenizer_larger_than_the_embedding_is_named(tiny_model, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_a_missing_corpus_is_not_a_model_failure(tiny_model, tmp_path):
     from modelmap_assets.cli.main import failure_message
     from modelmap_assets.definitions import ASSETS, build_resources

@@ -80,6 +80,7 @@ def test_unfinished_version_folders_are_pruned_when_old_and_no_run_is_in_progres
     assert not old.exists() and young.exists()
 
 
+@pytest.mark.slow
 def test_another_run_of_the_asset_in_progress_is_seen():
     from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
     from dagster._core.utils import make_new_run_id
@@ -127,6 +128,7 @@ def small_map(tmp_path):
     return resources, keys
 
 
+@pytest.mark.slow
 def test_pairs_of_a_smaller_map_are_removed_not_relogged(small_map, tmp_path):
     from modelmap_assets.definitions import ASSETS
 
