@@ -100,6 +100,7 @@ class SyntheticScorer:
 
     def __init__(self, keys: list[tuple[str, str]], n_bytes, domains, seed: int = 0):
         self.keys = keys
+        self.n_bytes, self.domains = np.asarray(n_bytes), list(domains)
         self.rng = np.random.default_rng(seed)
         n_bytes = np.asarray(n_bytes, dtype=np.float64)
         self.N = len(n_bytes)
@@ -229,9 +230,19 @@ class ScoreWriter:
 
         indices = list(indices)
         t0 = time.perf_counter()
-        context = multiprocessing.get_context("fork")
-        home = self.instance.root_directory
-        with context.Pool(processes, initializer=_init_worker, initargs=(self, home)) as pool:
+        # spawn, not fork: a forked child of a process that ran polars deadlocks in polars.
+        context = multiprocessing.get_context("spawn")
+        setup = (
+            self.storage.base_dir,
+            self.instance.root_directory,
+            self.scorer.keys,
+            self.scorer.n_bytes,
+            self.scorer.domains,
+            self.text_ids,
+            self.n_tokens,
+            self.corpus_hash,
+        )
+        with context.Pool(processes, initializer=_init_worker, initargs=setup) as pool:
             for n, (write_s, record_s) in enumerate(
                 pool.imap_unordered(_write_and_record, indices, chunksize=10), 1
             ):
@@ -264,11 +275,22 @@ class ScoreWriter:
 _WORKER: ScoreWriter | None = None
 
 
-def _init_worker(writer: ScoreWriter, home: str) -> None:
-    """A worker of `ScoreWriter.write_all`: the writer with an instance of its own."""
+def _init_worker(base_dir, home, keys, n_bytes, domains, text_ids, n_tokens, corpus_hash):
+    """A worker of `ScoreWriter.write_all`: the same writer, with an instance of its own."""
+    from resources.storage import StorageResource
+
     global _WORKER
-    _WORKER = writer
-    writer.instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(home))
+    fast_sqlite_commits()
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(home))
+    corpus_df = pl.DataFrame({"text_id": text_ids, "n_bytes": n_tokens * 4})
+    _WORKER = ScoreWriter(
+        StorageResource(base_dir=base_dir),
+        instance,
+        SyntheticScorer(keys, n_bytes, domains),
+        corpus_df,
+        corpus_hash,
+    )
+    _WORKER.n_tokens = n_tokens
 
 
 def _write_and_record(i: int) -> tuple[float, float]:
