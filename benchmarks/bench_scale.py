@@ -842,7 +842,7 @@ def run_platform(instance, env, root, row, args, storage, writer: ScoreWriter, h
         row(
             "sensor_tick",
             seconds,
-            variant="steady",
+            variant="first_tick_all_known",
             listed=len(keys),
             requested=len(result.run_requests or []),
         )

@@ -328,6 +328,10 @@ STATISTICS = (
 )
 
 
+#: Models drawn in the per-model figure at most (flagged first, then the highest z).
+MAX_PLOTTED_MODELS = 60
+
+
 def statistics_png(
     combined: pl.DataFrame,
     path: str | Path,
@@ -340,6 +344,12 @@ def statistics_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    K_all = combined.height
+    if K_all > MAX_PLOTTED_MODELS:  # one bar per model: a K = 10,000 figure cannot be drawn
+        top = pl.max_horizontal([pl.col(c).fill_nan(None) for c, _ in STATISTICS])
+        combined = combined.sort([pl.col("flagged"), top], descending=True, nulls_last=True).head(
+            MAX_PLOTTED_MODELS
+        )
     models = combined["model"].to_list()
     flagged = combined["flagged"].to_numpy()
     K = len(models)
@@ -362,7 +372,9 @@ def statistics_png(
     axes[0].set_yticks(y, label, fontsize=7)
     axes[0].invert_yaxis()
     fig.suptitle(
-        f"Leakage screen: {int(flagged.sum())} of {K} flagged (red); threshold z = {z_threshold:g}",
+        f"Leakage screen: {int(flagged.sum())} of {K_all} flagged (red)"
+        + (f", the {K} highest z shown" if K < K_all else "")
+        + f"; threshold z = {z_threshold:g}",
         fontsize=10,
     )
     return write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png"))

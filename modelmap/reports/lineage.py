@@ -393,6 +393,10 @@ def _finding_text(
     return f"{key}: no declared base and no model within the band. Nearest models: {near}."
 
 
+#: Rows drawn in the per-model figure at most (flagged models first).
+MAX_PLOTTED_MODELS = 60
+
+
 def lineage_png(report: LineageReport, path: str | Path) -> Path:
     """Each model's 2KL to its declared base (or to its nearest model) on a log scale,
     with the fine-tune band; flagged models in red and labelled. Written atomically."""
@@ -400,6 +404,10 @@ def lineage_png(report: LineageReport, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     t = report.table
+    K_all = t.height
+    if K_all > MAX_PLOTTED_MODELS:  # one row per model: a K = 10,000 figure cannot be drawn
+        is_flagged = pl.col("verdict").is_in(list(FLAGGED_VERDICTS))
+        t = pl.concat([t.filter(is_flagged), t.filter(~is_flagged)]).head(MAX_PLOTTED_MODELS)
     models = t["model"].to_list()
     declared = t["two_kl_bits_per_byte"].to_numpy()
     nearest = t["nearest_two_kl_bits_per_byte"].to_numpy()
@@ -447,7 +455,9 @@ def lineage_png(report: LineageReport, path: str | Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("2KL to the declared base (dots) and to the nearest model (bars), bits/byte")
     ax.set_title(
-        f"Lineage: {len(report.flagged)} of {K} flagged; fine-tune band "
+        f"Lineage: {len(report.flagged)} of {K_all} flagged"
+        + (f" ({K} shown, flagged first)" if K < K_all else "")
+        + "; fine-tune band "
         f"{report.band_bits_per_byte:.3g} bits/byte ({report.band_source})",
         fontsize=10,
     )
