@@ -29,10 +29,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def synthetic_L(K: int, N: int, seed: int = 0, family_size: int = 20) -> np.ndarray:
-    """K x N float32 log-likelihoods (nats) with families of ``family_size`` models."""
+def synthetic_L(
+    K: int, N: int, seed: int = 0, family_size: int = 20, n_fam: int | None = None
+) -> np.ndarray:
+    """K x N float32 log-likelihoods (nats); model i is in family ``i % n_fam`` (default
+    ``K // family_size`` families)."""
     rng = np.random.default_rng(seed)
-    n_fam = max(1, K // family_size)
+    n_fam = n_fam or max(1, K // family_size)
     difficulty = rng.normal(-250, 60, N).astype(np.float32)
     L = np.empty((K, N), dtype=np.float32)
     bases = {}
@@ -208,9 +211,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_geometry_") as tmp:
         folder = Path(tmp)
         t = time.perf_counter()
-        np.save(folder / "L.npy", synthetic_L(K, N))
-        extra = synthetic_L(K + K // 100, N)[K:]  # the next model of families 0, 1, ...
-        np.save(folder / "L_new.npy", extra)
+        # K models, then 1% more: the next model of families 0, 1, ... (same families).
+        both = synthetic_L(K + K // 100, N, n_fam=len(np.unique(families(K))))
+        np.save(folder / "L.npy", both[:K])
+        np.save(folder / "L_new.npy", both[K:])
+        del both
         result["generate_s"] = time.perf_counter() - t
         for step in [s for s in args.steps.split(",") if s]:
             proc = subprocess.run(
