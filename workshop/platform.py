@@ -53,10 +53,16 @@ class LocalPlatform:
     def start_daemon(self) -> None:
         self._start("dagster-daemon", ["run"])
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start the daemon and the webserver; with `wait`, return once the webserver answers
+        (else call `wait_until_up` later, doing other work while they start)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.start_daemon()
         self._start("dagster-webserver", ["-h", "127.0.0.1", "-p", str(self.port)])
+        if wait:
+            self.wait_until_up()
+
+    def wait_until_up(self) -> None:
         wait_until_up(f"{self.url}/server_info")
 
     def stop_daemon(self, sig: int = signal.SIGTERM, whole_group: bool = False) -> None:

@@ -153,14 +153,17 @@ def run_demo(
         platform = LocalPlatform(env, home / "logs", port=port)
         log(f"Dagster UI: {platform.url}  (watch the runs, the assets and the map grow)")
         log(f"local Hub: {hub.url}; daemon and webserver logs: {home / 'logs'}")
-        platform.start()
+        # The servers start in their own processes while this one builds the corpus and
+        # trains the small zoo.
+        platform.start(wait=False)
         try:
             materialize_corpus(instance, resources, corpus_config)
+            small = cache / "zoo-small"
+            build_zoo(small, spec=ZooSpec.small(), log=lambda s: None)
+            platform.wait_until_up()
 
             def small_zoo() -> list[str]:
-                folder = cache / "zoo-small"
-                build_zoo(folder, spec=ZooSpec.small(), log=lambda s: None)
-                return publish_zoo(hub_root, folder, org="tiny")
+                return publish_zoo(hub_root, small, org="tiny")
 
             def full_zoo() -> list[str]:
                 log("training the full zoo (about five minutes on two cores)")
