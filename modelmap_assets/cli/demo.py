@@ -132,6 +132,10 @@ def run_demo(
     from workshop.zoo import ZooSpec, build_zoo
 
     log = Clock()
+    if port_in_use(port):
+        raise SystemExit(
+            f"port {port} is in use (is `make ui` running?): stop it, or pass --port to the demo"
+        )
     cache = cache_dir()
     instance = dg.DagsterInstance.get()
     home = Path(instance.root_directory)
@@ -195,6 +199,13 @@ def run_demo(
             platform.stop()
     log("demo finished: `make ui` shows every run, asset and the map")
     return {"failed": failed, "storage": data}
+
+
+def port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def publish_smollm(hub_root: Path, cache: Path, keys: Sequence[str]) -> list[str]:
