@@ -86,3 +86,20 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_version(tmp_path):
     assert f"ERROR [Errno 27] cannot write {final}" in out, out
     assert pl.read_parquet(final)["x"].to_list() == [1.0]
     assert [p.name for p in final.parent.iterdir()] == [final.name]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (b'{"context": "\xff", "choices": [" a", " b"], "answer": 0}\n', "line 2: not UTF-8"),
+        (b'{"context": "\\ud800", "choices": [" a", " b"], "answer": 0}\n', "line 2: a lone"),
+    ],
+    ids=["bad-byte", "lone-surrogate"],
+)
+def test_a_task_file_with_bad_text_names_file_and_line(tmp_path, bad, message):
+    from modelmap.reports.tasks import TaskError, read_tasks
+
+    good = json.dumps({"context": "In the", "choices": [" a", " b"], "answer": 0}).encode()
+    (tmp_path / "t.jsonl").write_bytes(good + b"\n" + bad)
+    with pytest.raises(TaskError, match=rf"t\.jsonl: {message}"):
+        read_tasks(tmp_path)
