@@ -416,8 +416,10 @@ def kl_table(
     table_meta = {
         "corpus_hash": info["corpus_hash"],
         "interval_level": level,
-        "interval_method_neighbours": f"normal, bootstrap SE (B={config.bootstrap_resamples})",
-        "interval_method_pairs": "closed-form standard error, normal",
+        "interval_method_neighbours": "closed-form standard error, log scale",
+        "distinguishable_method": f"paired bootstrap, B={config.bootstrap_resamples}",
+        "interval_method_pairs": "closed-form standard error, log scale",
+        "interval_method_budget_rows": "weighted bootstrap SE, log scale",
         "kl_regime_max_bits_per_byte": regime,
         "budget_models": [b["key"] for b in budget],
     }
