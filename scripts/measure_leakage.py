@@ -12,6 +12,7 @@ world: its relatives are the zoo's models, not other planted ones). Prints a tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from modelmap.corpus.build import build_corpus, build_twins
 from modelmap.geometry.centering import clip_global, double_centre
+from modelmap.geometry.kl import nats_per_text_to_bits_per_byte, two_kl_nats
 from modelmap.reports import leakage, leakage_evidence, lineage
 from modelmap.reports.tasks import default_tasks, evaluate_tasks
 from resources.scorer import ScorerResource
@@ -56,7 +58,10 @@ def registry_or_folders(zoo_dir: Path) -> list[zoo.ZooModel]:
     """The zoo's registry; while a zoo is still training (no registry yet), the models whose
     folders exist, described from their names (``--partial``)."""
     if (zoo_dir / zoo.REGISTRY_NAME).exists():
-        return zoo.load_registry(zoo_dir)
+        return [
+            dataclasses.replace(m, base_model=m.base_model or zoo.declared_base(m.family, m.role))
+            for m in zoo.load_registry(zoo_dir)
+        ]
     models = []
     for folder in sorted((zoo_dir / zoo.KEY_PREFIX).iterdir()):
         if not (folder / "model.safetensors").exists():
@@ -126,9 +131,14 @@ def main() -> None:
     parser.add_argument("--n-twins", type=int, default=100)
     parser.add_argument("--score-only", action="store_true", help="score the zoo, then stop")
     parser.add_argument("--planted-only", action="store_true", help="build the planted models")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "leakage.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     corpus_df = build_corpus("embedded", args.n_texts)
     twins_df = build_twins("embedded", args.n_texts, args.n_twins)
     texts = corpus_df["text"].to_list()
@@ -149,7 +159,9 @@ def main() -> None:
             )
             print(f"{m.key}: scored", flush=True)
         return
-    planted = leak_zoo.build_leak_zoo(args.zoo, leak_dir, texts, leak_zoo.LeakZooSpec.graded())
+    planted = leak_zoo.build_leak_zoo(
+        args.zoo, leak_dir, texts, leak_zoo.LeakZooSpec.graded(), threads=args.threads
+    )
     if args.planted_only:
         return
     scorer = ScorerResource(device="cpu", dtype="bfloat16")
@@ -204,7 +216,61 @@ def main() -> None:
                 "lineage_verdict": check.table.row(len(zoo_keys), named=True)["verdict"],
             }
         )
+    # Lineage on the zoo: the true declarations, then a wrong, a missing and an unscored one.
+    L = np.array([scores[k]["corpus"] for k in zoo_keys])
+    Q = double_centre(clip_global(L, 2.0)[0])
+    true_decl = {k: declared[k] for k in zoo_keys}
+    true_check = lineage.check_lineage(Q, zoo_keys, true_decl, mean_bytes)
+    fts = [m.key for m in base if m.role == "finetune" and not m.key.endswith("-strong")]
+    wrong_key = next(k for k in fts if not k.startswith("zoo/llama"))
+    # A fine-tune on a domain the strong fine-tune and the series do not share.
+    missing_key = next(
+        (k for k in fts if k.startswith("zoo/neox-ft-fortunes")),
+        next(k for k in fts if k.startswith("zoo/llama") and "bible" not in k),
+    )
+    planted_decl = {
+        **true_decl,
+        wrong_key: ["zoo/llama-base"],
+        missing_key: [],
+        base[0].key: ["EleutherAI/pythia-14m"],
+    }
+    planted_check = lineage.check_lineage(Q, zoo_keys, planted_decl, mean_bytes)
+    pairs = true_check.pairs
+    fam = np.array([k.split("/")[1].split("-")[0] for k in zoo_keys])
+    lineage_result = {
+        "band_bits_per_byte": true_check.band_bits_per_byte,
+        "band_source": true_check.band_source,
+        "declared_pairs_bits_per_byte": dict(
+            zip(pairs["model"], pairs["two_kl_bits_per_byte"], strict=True)
+        ),
+        "declared_pairs_low_high": {
+            m: [lo, hi]
+            for m, lo, hi in zip(
+                pairs["model"],
+                pairs["two_kl_bits_per_byte_low"],
+                pairs["two_kl_bits_per_byte_high"],
+                strict=True,
+            )
+        },
+        "true_declarations_flagged": true_check.flagged,
+        "true_verdicts": dict(
+            zip(true_check.table["model"], true_check.table["verdict"], strict=True)
+        ),
+        "planted": {"wrong": wrong_key, "missing": missing_key, "not_scored": base[0].key},
+        "planted_flagged": planted_check.flagged,
+        "planted_verdicts": dict(
+            zip(planted_check.table["model"], planted_check.table["verdict"], strict=True)
+        ),
+        "closest_pair_of_different_families_bits_per_byte": float(
+            nats_per_text_to_bits_per_byte(
+                np.min(np.where(fam[:, None] != fam[None, :], two_kl_nats(Q), np.inf)), mean_bytes
+            )
+        ),
+    }
     result = {
+        "zoo": str(args.zoo),
+        "zoo_models": zoo_keys,
+        "lineage": lineage_result,
         "corpus": {"n_texts": args.n_texts, "n_twins": twins_df.height},
         "zoo_alone_flagged": baseline.filter(baseline["flagged"])["model"].to_list(),
         "zoo_alone_flagged_paper_rule": baseline.filter(baseline["paper_z"] > 3.5)[

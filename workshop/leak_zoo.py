@@ -89,16 +89,38 @@ def _texts_hash(texts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _base_entry(zoo_dir: Path, base_key: str, family: str) -> zoo.ZooModel:
+    """The base's registry entry; from its config while the zoo is still training."""
+    if (zoo_dir / zoo.REGISTRY_NAME).exists():
+        return {m.key: m for m in zoo.load_registry(zoo_dir)}[base_key]
+    config = json.loads((zoo_dir / base_key / "config.json").read_text())
+    return zoo.ZooModel(
+        key=base_key,
+        path=base_key,
+        family=family,
+        architecture=config["model_type"],
+        role="base",
+        domain=None,
+        alpha=None,
+        n_params=0,
+        context_length=config["max_position_embeddings"],
+        vocab_size=config["vocab_size"],
+    )
+
+
 def build_leak_zoo(
     zoo_dir: Path | str,
     out_dir: Path | str,
     corpus_texts: Sequence[str],
     spec: LeakZooSpec | None = None,
     log=print,
+    threads: int | None = None,
 ) -> list[zoo.ZooModel]:
     """Train the planted models from the zoo's base under ``out_dir``; return their entries.
 
     ``corpus_texts``: the scored corpus's texts in text_id order (what the leaks see).
+    ``threads``: torch threads while training (default: every core; 1 is faster on a
+    machine whose cores are already busy).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,7 +128,7 @@ def build_leak_zoo(
     zoo_dir, out_dir = Path(zoo_dir), Path(out_dir)
     spec = spec or LeakZooSpec.test()
     base_key = f"{zoo.KEY_PREFIX}/{spec.family}-base"
-    entry = {m.key: m for m in zoo.load_registry(zoo_dir)}[base_key]
+    entry = _base_entry(zoo_dir, base_key, spec.family)
     base_dir = entry.local_path(zoo_dir)
     weights = hashlib.sha256((base_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
     build_hash = hashlib.sha256(
@@ -133,7 +155,7 @@ def build_leak_zoo(
         entry.family, entry.architecture, entry.vocab_size, entry.context_length, 0, 0, 0
     )
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     entries = []
     try:
         for m in spec.models:
