@@ -8,8 +8,8 @@ bits/byte between SmolLM2-135M and a 2.5M-parameter zoo model, whose cross-entro
 corpus are 1.2-3.1 bits/byte.
 
 Past ``max_bits_per_byte`` (default 1e-3, chosen from sampled KLs of zoo pairs at growing
-distances, see the README section "Where the KL estimate holds") an estimate is reported as a squared
-distance on the map only: ``two_kl_nats`` keeps the squared distance per text, the
+distances, see the README section "Where the KL estimate holds") an estimate is reported as
+a squared distance on the map only: ``two_kl_nats`` keeps the squared distance per text, the
 bits-per-byte columns are null and ``in_kl_regime`` is false.
 """
 
