@@ -63,9 +63,10 @@ class CoordinatesConfig(dg.Config):
 
 def _load_models(
     storage: StorageResource, keys: list[str], corpus_hash: str, text_ids: np.ndarray
-) -> tuple[list[dict], list[str]]:
-    """Metadata of the models scored on this corpus; and a reason for each one left out."""
-    kept, left_out = [], []
+) -> tuple[list[dict], list[str], list[str]]:
+    """Metadata of the models scored on this corpus; a reason for each one left out; the
+    keys of those scored on a text budget (placed by `kl_table` and `model_map`)."""
+    kept, left_out, budget = [], [], []
     scored = set(storage.likelihood_keys())
     for key in keys:
         if key not in scored:
@@ -79,9 +80,10 @@ def _load_models(
             continue
         if not is_full(meta):
             left_out.append(f"{key}: scored on a text budget, not on every corpus text")
+            budget.append(key)
             continue
         kept.append(meta)
-    return kept, left_out
+    return kept, left_out, budget
 
 
 CENTRED = "rows_and_columns_centred"
@@ -134,7 +136,7 @@ def coordinates(
     corpus_hash = corpus_meta["corpus_hash"]
     text_ids = corpus_df["text_id"].to_numpy()
     keys = sorted(context.instance.get_dynamic_partitions(models_partitions.name))
-    models, left_out = _load_models(storage, keys, corpus_hash, text_ids)
+    models, left_out, budget_keys = _load_models(storage, keys, corpus_hash, text_ids)
     for reason in left_out:
         context.log.warning(f"left out of the map: {reason}")
     if not models:
@@ -183,6 +185,7 @@ def coordinates(
         "clip_percentile": config.clip_percentile,
         "clip_threshold_nats": float(threshold),
         "left_out": left_out,
+        "budget_models": budget_keys,
     }
     write_parquet(index, out / "models.parquet", info)
     (out / "info.json").write_text(json.dumps(info, indent=2))
@@ -253,11 +256,14 @@ def budget_rows(
     context: dg.AssetExecutionContext, storage: StorageResource, info: dict, text_ids: np.ndarray
 ) -> list[dict]:
     """The models scored on a text budget of the current corpus: key, family, their partial
-    row in selection order, the selection's rows and the column of each selected text."""
+    row in selection order, the selection's rows and the column of each selected text.
+
+    Only the files `coordinates` found to be budget files (``info["budget_models"]``) are
+    read, so a refresh at K = 100,000 does not read every file's metadata again."""
     keys = set(context.instance.get_dynamic_partitions(models_partitions.name))
     column = {int(t): i for i, t in enumerate(text_ids)}
     rows = []
-    for key in storage.likelihood_keys():
+    for key in info.get("budget_models", []):
         if key not in keys:
             continue
         path = storage.likelihood_path(key)
