@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--n-twins", type=int, default=100)
     parser.add_argument("--score-only", action="store_true", help="score the zoo, then stop")
     parser.add_argument("--planted-only", action="store_true", help="build the planted models")
+    parser.add_argument("--reverse", action="store_true", help="score the last models first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "leakage.json")
     args = parser.parse_args()
@@ -147,11 +148,14 @@ def main() -> None:
     base = registry_or_folders(args.zoo)
     if args.score_only:  # score what exists so far (cached), nothing else
         scorer = ScorerResource(device="cpu", dtype="bfloat16")
-        for m in base:
+        todo = [(m, args.zoo) for m in base]
+        if (leak_dir / zoo.REGISTRY_NAME).exists():
+            todo += [(m, leak_dir) for m in zoo.load_registry(leak_dir)]
+        for m, folder in todo[::-1] if args.reverse else todo:
             score_model(
                 scorer,
                 m.key,
-                m.local_path(args.zoo),
+                m.local_path(folder),
                 texts,
                 twins_df["text"].to_list(),
                 default_tasks(),

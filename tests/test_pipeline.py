@@ -1,6 +1,7 @@
 """Every asset materialized on the zoo with a real temporary Dagster instance."""
 
 import json
+import os
 import shutil
 
 import dagster as dg
@@ -8,9 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from modelmap.corpus.build import build_corpus
 from modelmap.geometry.kl import two_kl_nats
 from modelmap_assets.cli.main import materialize_all
 from modelmap_assets.definitions import build_resources, defs
+from workshop.leak_zoo import LeakZooSpec, build_leak_zoo
 from workshop.zoo import declared_base
 
 PLANTED_BASES = {
@@ -63,9 +66,14 @@ def pipeline(zoo, tmp_path_factory):
         target = tmp / "cache" / "zoo" / m.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(folder / m.path)
+    # Planted light leaks and a domain fine-tune, built beside the shared zoo (cached there).
+    texts = build_corpus("embedded", 300)["text"].to_list()
+    leak_dir = folder.with_name(folder.name + "-planted")
+    planted = build_leak_zoo(folder, leak_dir, texts, LeakZooSpec.test())
     env = {
         "MODELMAP_DATA": str(tmp / "data"),
         "MODELMAP_CACHE": str(tmp / "cache"),
+        "MODELMAP_LOCAL_MODELS": os.pathsep.join([str(tmp / "cache" / "zoo"), str(leak_dir)]),
         "MODELMAP_DEVICE": "cpu",
         # The demo's precision; float32 agreement with the reference is tested in test_scoring.
         "MODELMAP_DTYPE": "bfloat16",
@@ -73,7 +81,7 @@ def pipeline(zoo, tmp_path_factory):
         "MODELMAP_MLFLOW": "required",
     }
     resources = build_resources(env)
-    keys = [m.key for m in models] + ["broken/truncated"]
+    keys = [m.key for m in models] + [m.key for m in planted] + ["broken/truncated"]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", keys)
         outcome = materialize_all(
@@ -89,6 +97,8 @@ def pipeline(zoo, tmp_path_factory):
             "outcome": outcome,
             "root": tmp / "data",
             "models": models,
+            "planted": planted,
+            "scored": [m.key for m in models] + [m.key for m in planted],
             "materialized": materialized,
             "map_event": map_event,
             "instance": instance,
@@ -103,7 +113,7 @@ def test_broken_model_fails_alone_with_a_clear_message(pipeline):
     message = failed["broken/truncated"]
     assert "broken/truncated" in message and "cannot load it as a causal LM" in message
     info = json.loads(next((pipeline["root"] / "coordinates").glob("v-*/info.json")).read_text())
-    assert info["K"] == len(pipeline["models"])
+    assert info["K"] == len(pipeline["scored"])
     assert any("broken/truncated" in r for r in info["left_out"])
 
 
@@ -150,7 +160,7 @@ def test_twins_are_scored_beside_the_corpus_and_kept_out_of_the_map(pipeline):
         meta = read_metadata(path)
         assert meta["n_twin_rows"] == 100 and meta["twin_wall_s"] > 0
     index, Q = _q_and_index(root)
-    assert Q.shape == (len(pipeline["models"]), 300)
+    assert Q.shape == (len(pipeline["scored"]), 300)
 
 
 @pytest.mark.slow
@@ -199,12 +209,27 @@ def test_every_model_has_measured_benchmark_scores(pipeline):
 
 
 @pytest.mark.slow
-def test_leakage_report_flags_the_planted_model_and_no_other(pipeline):
-    table = pl.read_parquet(pipeline["root"] / "leakage_report" / "leakage.parquet")
-    assert table.filter(pl.col("flagged"))["model"].to_list() == ["zoo/llama-leaked"]
-    assert (pipeline["root"] / "leakage_report" / "leakage.png").stat().st_size > 0
+def test_leakage_report_flags_the_planted_leaks_and_no_other(pipeline):
+    root = pipeline["root"] / "leakage_report"
+    # The paper's rule alone catches the heavy leak only.
+    paper = pl.read_parquet(root / "leakage.parquet")
+    assert paper.filter(pl.col("flagged"))["model"].to_list() == ["zoo/llama-leaked"]
+    # The combined screen also catches the brief leak and the quarter leak, and nothing else:
+    # not the domain fine-tune planted beside them.
+    screen = pl.read_parquet(root / "screen.parquet")
+    flagged = sorted(screen.filter(pl.col("flagged"))["model"])
+    expected = ["planted/llama-leak-all", "planted/llama-leak-quarter", "zoo/llama-leaked"]
+    assert flagged == expected, screen.select("model", "paper_z", "relatives_z", "twin_z")
+    # The planted wrong and missing declarations leave those two models to the map.
+    sources = dict(zip(screen["model"], screen["relatives_source"], strict=True))
+    assert sources["zoo/gpt2-ft-bible"] == "map" and sources["zoo/llama-ft-bible"] == "lineage"
+    for name in ("leakage.png", "statistics.png"):
+        assert (root / name).stat().st_size > 0
     event = pipeline["instance"].get_latest_materialization_event(dg.AssetKey("leakage_report"))
-    assert event.asset_materialization.metadata["flagged"].value == ["zoo/llama-leaked"]
+    metadata = event.asset_materialization.metadata
+    assert sorted(metadata["flagged"].value) == expected
+    assert metadata["flagged_by_paper_rule"].value == ["zoo/llama-leaked"]
+    assert "unseen twins" in metadata["evidence"].value
 
 
 @pytest.mark.slow
@@ -250,7 +275,7 @@ def test_asset_checks_pass(pipeline):
         history = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
         # The broken model's step failed before its checks could run; every other passed.
         done = [r for r in history if r.status.value == "SUCCEEDED"]
-        expected = len(pipeline["models"]) if asset == "likelihood" else 1
+        expected = len(pipeline["scored"]) if asset == "likelihood" else 1
         assert len(done) == expected, (asset, name, [r.status.value for r in history])
         assert all(r.event.dagster_event.event_specific_data.passed for r in done), name
 
@@ -269,16 +294,14 @@ def test_mlflow_records_runs_metrics_artifacts_and_a_loadable_predictor(pipeline
     for run in runs:
         by_asset.setdefault(run.data.tags.get("modelmap.asset"), []).append(run)
     scored = by_asset["likelihood"]
-    assert {r.data.tags["dagster.partition_key"] for r in scored} == {
-        m.key for m in pipeline["models"]
-    }
+    assert {r.data.tags["dagster.partition_key"] for r in scored} == set(pipeline["scored"])
     for run in scored:
         assert {"tokens_per_s", "wall_s", "peak_mem_mb", "mean_loglik_nats"} <= set(
             run.data.metrics
         )
         assert {"revision", "corpus_hash", "dtype", "device"} <= set(run.data.params)
         assert run.data.tags["dagster.run_id"]
-    assert len(by_asset["benchmark_scores"]) == len(pipeline["models"])
+    assert len(by_asset["benchmark_scores"]) == len(pipeline["scored"])
 
     def artifacts(asset: str, folder: str) -> set[str]:
         (run,) = by_asset[asset]
@@ -287,7 +310,9 @@ def test_mlflow_records_runs_metrics_artifacts_and_a_loadable_predictor(pipeline
     assert {"map.png", "map.html"} <= artifacts("model_map", "map")
     assert "neighbours.parquet" in artifacts("kl_table", "kl_table")
     assert {"scatter.png", "table.parquet"} <= artifacts("regression_report", "report")
-    assert "leakage.png" in artifacts("leakage_report", "report")
+    assert {"leakage.png", "statistics.png", "screen.parquet"} <= artifacts(
+        "leakage_report", "report"
+    )
     assert {"lineage.png", "findings.txt"} <= artifacts("lineage_report", "report")
     (report_run,) = by_asset["regression_report"]
     assert any(k.startswith("pearson_r/") for k in report_run.data.metrics)

@@ -37,8 +37,9 @@ The ``family`` label is made from the same card data, so it is never used as evi
 
 Intervals: ``interval(Q, rows_a, rows_b) -> (low_nats, high_nats)`` gives a confidence
 interval for each pair's 2KL over texts; the default, :func:`pair_intervals`, is the closed
-form of `modelmap.geometry.intervals` (``est +/- z SE``, ``SE^2 = (mean d^4 - (mean d^2)^2)
-/ N``) at :data:`INTERVAL_LEVEL`; ``interval=None`` leaves the columns NaN.
+form of `modelmap.geometry.intervals` (``SE^2 = (mean d^4 - (mean d^2)^2) / N``, the
+interval built by its `normal_interval`) at :data:`INTERVAL_LEVEL`; ``interval=None`` leaves
+the columns NaN.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def pair_intervals(
 
     With ``d = q_a - q_b`` (rows of Q are centred), the estimate is ``mean(d^2)`` and its
     standard error over texts ``sqrt((mean(d^4) - mean(d^2)^2) / N)``, as for the pairs table
-    (`modelmap.geometry.intervals.two_kl_standard_errors`); ``est +/- z SE``, clamped at 0.
+    (`modelmap.geometry.intervals.two_kl_standard_errors`); the interval from
+    `modelmap.geometry.intervals.normal_interval`, as for every other 2KL the platform reports.
     """
     N = Q.shape[1]
     est, se = np.empty(len(a)), np.empty(len(a))
