@@ -368,10 +368,12 @@ def _with_gap(table: pl.DataFrame, gap_low: np.ndarray, gap_high: np.ndarray) ->
     """Columns of the paired test on each model's rank-1 row (null on the others):
     ``second_minus_nearest_nats_low/_high`` and ``distinguishable`` (the interval excludes 0)."""
     first = pl.col("rank") == 1
-    per_model = (
-        table.select("model")
-        .unique(maintain_order=True)
-        .with_columns(pl.Series("_gap_low", gap_low), pl.Series("_gap_high", gap_high))
+    models = table.select("model").unique(maintain_order=True)
+    if models.height != len(gap_low):  # K = 1: no neighbours, nothing to compare
+        gap_low = gap_high = np.full(models.height, np.nan)
+    per_model = models.with_columns(
+        pl.Series("_gap_low", gap_low, dtype=pl.Float64),
+        pl.Series("_gap_high", gap_high, dtype=pl.Float64),
     )
     table = table.join(per_model, on="model", how="left", maintain_order="left")
     return table.with_columns(

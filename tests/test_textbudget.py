@@ -155,3 +155,25 @@ def test_estimates_past_the_regime_lose_their_bits_per_byte():
     assert marked["two_kl_bits_per_byte"].to_list() == [0.01, None]
     assert marked["two_kl_bits_per_byte_high"].to_list() == [0.02, None]
     assert marked["two_kl_nats"].to_list() == [1.0, 900.0]
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_neighbour_table_with_intervals_for_tiny_maps(K):
+    # One model has no neighbour (and nothing to tell apart); two have no second.
+    import polars as pl
+
+    from modelmap.geometry.intervals import with_interval_columns
+    from modelmap.geometry.kl import neighbour_table
+    from modelmap_assets.geometry import _with_gap
+
+    Q = double_centre(np.random.default_rng(0).normal(-100, 5, size=(K, 50)))
+    idx, nn = nearest_neighbours(Q, 5)
+    iv = neighbour_intervals(Q, idx, B=50, level=0.95)
+    table = neighbour_table(idx, nn, [f"a/m{i}" for i in range(K)], 900.0)
+    table = _with_gap(
+        with_interval_columns(table, iv["low"], iv["high"], 900.0), iv["gap_low"], iv["gap_high"]
+    )
+    table = mark_kl_regime(table, 1e-3)
+    assert table.height == K * (K - 1)
+    first = table.filter(pl.col("rank") == 1)
+    assert first["distinguishable"].is_null().all() == (K < 3)
