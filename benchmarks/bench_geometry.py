@@ -248,7 +248,7 @@ def main() -> None:
                 "command": " ".join(["python", "benchmarks/bench_geometry.py", *sys.argv[1:]]),
             }
             tmp_path = path.with_suffix(".json.tmp")
-            tmp_path.write_text(json.dumps(data, indent=2) + "\n")
+            tmp_path.write_text(json.dumps(data, indent=1) + "\n")
             tmp_path.replace(path)
     print(json.dumps(result, indent=2))
 
