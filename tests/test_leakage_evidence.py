@@ -102,7 +102,24 @@ def test_a_quarter_leak_is_still_flagged_and_no_twins_falls_back_to_relatives():
     no_twins = combine(None, gather_evidence(keys, Lc, bc, dc, relatives))
     flagged = set(no_twins.filter(no_twins["flagged"])["model"])
     assert {"fam0/leak", "fam0/better"} == flagged  # without twins the two look alike
-    assert "no twin texts" in no_twins.filter(no_twins["model"] == "fam0/leak")["evidence"][0]
+    evidence = no_twins.filter(no_twins["model"] == "fam0/leak")["evidence"][0]
+    assert "the only statistic available" in evidence
+
+
+def test_the_papers_rule_needs_another_statistic_to_flag():
+    import polars as pl
+
+    keys, _, ev = screen()
+    z = {k: 0.0 for k in keys}
+    z.update({"fam1/ft1": 5.0, "fam0/better": 5.0})  # noise, and a model better everywhere
+    paper = pl.DataFrame({"model": keys, "robust_z": [z[k] for k in keys], "residual": 0.1})
+    table = combine(paper, ev)
+    flags = dict(zip(table["model"], table["flagged"], strict=True))
+    assert not flags["fam1/ft1"]  # the paper's rule alone
+    assert flags["fam0/better"]  # corroborated by its gain against its relatives
+    assert flags["fam0/leak"]
+    row = table.filter(table["model"] == "fam1/ft1").row(0, named=True)
+    assert "not flagged" in row["evidence"] and "paper's rule" in row["evidence"]
 
 
 def test_relatives_fall_back_to_the_map_without_a_lineage():

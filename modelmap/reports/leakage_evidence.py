@@ -26,15 +26,19 @@ it (`modelmap.reports.leakage`'s scale with its floors).
 **Verdict** (:func:`combine`; every test one-sided, so a model is never flagged for a *low*
 likelihood): a model is flagged ``leak`` when
 
-- the twin gap is positive with ``z > z_threshold`` (direct evidence of membership), or
-- the paper's rule flags it (``z > z_threshold`` on the benchmark residual), or
-- the gain against relatives is positive with ``z > z_threshold`` *and* the twin gap supports
-  it (``z_twin > support_z``), or no twins were scored (then the relatives' gain stands
-  alone, and the evidence says so).
+- the twin gap is positive with ``z > z_threshold`` (direct evidence of membership: a gain
+  on these very texts over unseen texts of the same sources), or
+- the paper's rule (``z > z_threshold`` on the benchmark residual) or the gain against
+  relatives (positive, ``z > z_threshold``) is *corroborated* by another statistic above
+  ``support_z``, or is the only statistic available (no twins and no benchmarks).
 
-Otherwise ``no evidence``. The gain against relatives alone does not flag a model when twins
-were scored: a model trained further on general text of the corpus's kind gains on every
-domain too, and only the twins tell it from one that saw these texts.
+Otherwise ``no evidence``. Uncorroborated, neither flags: a model trained further on general
+text of the corpus's kind gains on every domain too, and only the twins tell it from one that
+saw these texts; and the paper's rule on a mean of a few benchmark scores is noisy (on the
+tests' zoo, adding three planted models pushed two honest fine-tunes past z 4 on it alone).
+A model trained on the whole source (twins included, as a Pile-trained model on the paper's
+corpus) shows no twin gap but gains against its relatives *and* above its benchmark line:
+the two corroborate each other.
 
 Keeping a leak from choosing its own relatives: the reference of a model is the per-text
 *median* over its declared lineage, and a declared link counts only when the map confirms it
@@ -261,44 +265,58 @@ def combine(
     rel = t["relatives_gain"].to_numpy()
     gap = t["twin_gap"].to_numpy()
     rel_z, twin_z = robust_z(rel), robust_z(gap)
-    have_twins = bool(np.isfinite(gap).any())
     flagged, verdicts, texts = [], [], []
     for i, key in enumerate(keys):
-        reasons = []
-        if gap[i] > 0 and twin_z[i] > z_threshold:
+        # Each statistic's z where it points at a leak (a positive gain); NaN where missing.
+        z_of: dict[str, float] = {
+            "twin": twin_z[i] if gap[i] > 0 or not np.isfinite(gap[i]) else -np.inf,
+            "paper": paper_z[i],
+            "relatives": rel_z[i] if rel[i] > 0 or not np.isfinite(rel[i]) else -np.inf,
+        }
+
+        def supported(name: str, z_of: dict = z_of) -> str | None:
+            """Another statistic above support_z, or the only statistic there is."""
+            if [n for n, z in z_of.items() if not np.isnan(z)] == [name]:
+                return "the only statistic available"
+            for other, z in z_of.items():
+                if other != name and z > support_z:
+                    return f"{other} z {z:.1f} > {support_z:g}"
+            return None
+
+        reasons, unsupported = [], []
+        if z_of["twin"] > z_threshold:
             reasons.append(
                 f"gains {gap[i]:.4f} nats/byte more on the corpus texts than on their unseen "
                 f"twins (z {twin_z[i]:.1f})"
             )
-        if paper_z[i] > z_threshold:
-            reasons.append(
+        if z_of["paper"] > z_threshold:
+            text = (
                 f"corpus likelihood {paper_res[i]:.4f} nats/byte above what its benchmark "
-                f"scores explain (paper's rule, z {paper_z[i]:.1f})"
+                f"scores explain (paper's rule, z {paper_z[i]:.1f}"
             )
-        relatives_high = rel[i] > 0 and rel_z[i] > z_threshold
-        if relatives_high and (not have_twins or twin_z[i] > support_z):
-            support = (
-                f"twin gap z {twin_z[i]:.1f} > {support_z:g}"
-                if have_twins
-                else "no twin texts were scored to confirm it"
-            )
-            reasons.append(
+            why = supported("paper")
+            (reasons if why else unsupported).append(text + (f"; {why})" if why else ")"))
+        if z_of["relatives"] > z_threshold:
+            text = (
                 f"gains {rel[i]:.4f} nats/byte over its relatives in the median domain "
-                f"(z {rel_z[i]:.1f}; {support})"
+                f"(z {rel_z[i]:.1f}"
             )
+            why = supported("relatives")
+            (reasons if why else unsupported).append(text + (f"; {why})" if why else ")"))
         is_leak = bool(reasons)
         flagged.append(is_leak)
         verdicts.append(LEAK if is_leak else NO_EVIDENCE)
         if is_leak:
             texts.append(f"{key}: possible corpus leakage: " + "; ".join(reasons) + ".")
+        elif unsupported:
+            texts.append(
+                f"{key}: not flagged: "
+                + "; ".join(unsupported)
+                + f", with no other statistic above z {support_z:g} (a model gaining as much "
+                "on the unseen twins is better, not leaked; the paper's rule alone is noisy)."
+            )
         else:
-            note = ""
-            if relatives_high:
-                note = (
-                    f" (gains {rel[i]:.4f} nats/byte over its relatives in every domain, "
-                    f"z {rel_z[i]:.1f}, but as much on the unseen twins: better, not leaked)"
-                )
-            texts.append(f"{key}: no statistic above z {z_threshold:g}{note}.")
+            texts.append(f"{key}: no statistic above z {z_threshold:g}.")
     return pl.DataFrame(
         {
             "model": keys,
