@@ -180,8 +180,12 @@ def wait_for_refresh(
 def imported(storage, key: str) -> bool:
     """Whether `key`'s scores were imported from a published matrix (never scored here)."""
     from modelmap.likelihoods import ORIGIN_IMPORTED, read_metadata
+    from modelmap.storage import InvalidModelKey
 
-    path = storage.likelihood_path(key)
+    try:
+        path = storage.likelihood_path(key)
+    except InvalidModelKey:
+        return False  # not imported: it fails its own partition with the reason
     return path.exists() and read_metadata(path).get("origin") == ORIGIN_IMPORTED
 
 
