@@ -87,3 +87,15 @@ def postgres():
     }
     subprocess.run([script, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
     shutil.rmtree(base, ignore_errors=True)
+
+
+# The first test that uses the trained zoo pays for training it (about 5 minutes on two idle
+# cores, more when loaded) inside its own time limit, and the pipeline fixture builds the
+# planted leaks and scores every model on top: such tests get 30 minutes, the rest keep 10.
+ZOO_TIMEOUT_S = 1800
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "zoo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(ZOO_TIMEOUT_S))
