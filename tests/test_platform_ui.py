@@ -15,6 +15,7 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 from platformtools import describe, reports_read_the_final_map, wait_for
 
+from modelmap_assets.batches import RANGE_END_TAG, RANGE_START_TAG
 from modelmap_assets.cli.main import register, wait_for_refresh
 from workshop.browser import open_page
 from workshop.platform import local_platform, prepare
@@ -75,11 +76,14 @@ def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
         assert done.status == BulkActionStatus.COMPLETED_SUCCESS, done.status
         for asset in ("likelihood", "benchmark_scores"):  # the three chosen, not the other two
             assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(chosen)
-        # The two neighbouring models share one run (the assets' backfill policy).
-        ranged = [r for r in instance.get_runs() if "dagster/asset_partition_range_start" in r.tags]
-        assert [(r.tags["dagster/asset_partition_range_start"]) for r in ranged] == [
-            "zoo/llama-base"
-        ]
+        # The two neighbouring models share one run (the assets' backfill policy); the third,
+        # not next to them in the partition order, gets a run (a range of one) of its own.
+        runs = [r for r in instance.get_runs() if RANGE_START_TAG in r.tags]
+        ranges = sorted((r.tags[RANGE_START_TAG], r.tags.get(RANGE_END_TAG)) for r in runs)
+        assert ranges == [
+            ("zoo/gpt2-base", "zoo/gpt2-base"),
+            ("zoo/llama-base", "zoo/llama-ft-bible"),
+        ], ranges
         # Declarative automation refreshes the map and the reports once the scores land; the
         # reports read the new Q (not before it exists).
         assert wait_for_refresh(instance, launched, timeout_s=300, poll_s=2) == []
