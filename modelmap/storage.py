@@ -23,7 +23,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -203,3 +203,22 @@ def write_npy(array: np.ndarray, final: Path) -> Path:
             np.save(f, array)
 
     return write_atomic(final, _save)
+
+
+def utf8_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each non-blank line of a UTF-8 text file.
+
+    A line that is not UTF-8 raises ``error`` naming the file, the line and the byte, so
+    every JSONL reader of the project refuses bad bytes the same way.
+    """
+    with Path(path).open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise error(
+                    f"{path}: line {lineno}: not UTF-8 ({err.reason} at byte {err.start} "
+                    "of the line)"
+                ) from err
+            if line.strip():
+                yield lineno, line

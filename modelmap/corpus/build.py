@@ -25,6 +25,7 @@ from typing import Literal
 import polars as pl
 
 from modelmap.corpus.chunking import Chunk, Document, chunk_documents, sample_chunks
+from modelmap.storage import utf8_lines
 
 EMBEDDED_PATH = Path(__file__).resolve().parent / "data" / "embedded_documents.jsonl.gz"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
@@ -72,51 +73,43 @@ def load_pile_jsonl(
         raise CorpusError(f"{path}: no such file")
     out: list[CorpusText] = []
     first_line: dict[str, int] = {}
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if n is not None and len(out) >= n:
-                break
-            where = f"{path}: line {lineno}"
+    lines = utf8_lines(path, CorpusError) if n is None or n > 0 else iter(())
+    for lineno, line in lines:
+        where = f"{path}: line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusError(f"{where}: bad JSON ({err.msg})") from err
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{where}: expected a JSON object")
+        for field in ("text", "pile_set_name"):
+            if not isinstance(obj.get(field), str):
+                raise CorpusError(f"{where}: missing or non-string field {field!r}")
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
+                obj[field].encode("utf-8")
+            except UnicodeEncodeError as err:
                 raise CorpusError(
-                    f"{where}: not UTF-8 ({err.reason} at byte {err.start} of the line)"
+                    f"{where}: field {field!r} holds a lone surrogate ({err.reason} at "
+                    f"character {err.start}); it has no UTF-8 form"
                 ) from err
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(f"{where}: bad JSON ({err.msg})") from err
-            if not isinstance(obj, dict):
-                raise CorpusError(f"{where}: expected a JSON object")
-            for field in ("text", "pile_set_name"):
-                if not isinstance(obj.get(field), str):
-                    raise CorpusError(f"{where}: missing or non-string field {field!r}")
-                try:
-                    obj[field].encode("utf-8")
-                except UnicodeEncodeError as err:
-                    raise CorpusError(
-                        f"{where}: field {field!r} holds a lone surrogate ({err.reason} at "
-                        f"character {err.start}); it has no UTF-8 form"
-                    ) from err
-            text = obj["text"]
-            if not text.strip():
-                raise CorpusError(f"{where}: empty text")
-            n_bytes = len(text.encode("utf-8"))
-            if n_bytes > max_text_bytes:
-                raise CorpusError(
-                    f"{where}: text of {n_bytes:,} bytes, more than {max_text_bytes:,} "
-                    "(the lines must be chunks, not whole documents)"
-                )
-            if text in first_line:
-                raise CorpusError(f"{where}: the same text as line {first_line[text]}")
-            first_line[text] = lineno
-            origin = f"{path.name}:{lineno}"
-            if "pile_idx" in obj and "chunk_idx" in obj:
-                origin += f" pile_idx={obj['pile_idx']} chunk_idx={obj['chunk_idx']}"
-            out.append(CorpusText(text, obj["pile_set_name"], origin))
+        text = obj["text"]
+        if not text.strip():
+            raise CorpusError(f"{where}: empty text")
+        n_bytes = len(text.encode("utf-8"))
+        if n_bytes > max_text_bytes:
+            raise CorpusError(
+                f"{where}: text of {n_bytes:,} bytes, more than {max_text_bytes:,} "
+                "(the lines must be chunks, not whole documents)"
+            )
+        if text in first_line:
+            raise CorpusError(f"{where}: the same text as line {first_line[text]}")
+        first_line[text] = lineno
+        origin = f"{path.name}:{lineno}"
+        if "pile_idx" in obj and "chunk_idx" in obj:
+            origin += f" pile_idx={obj['pile_idx']} chunk_idx={obj['chunk_idx']}"
+        out.append(CorpusText(text, obj["pile_set_name"], origin))
+        if n is not None and len(out) >= n:
+            break  # before reading the next line: what follows the first n is never read
     if n is not None and len(out) < n:
         raise CorpusError(f"{path}: asked for {n} texts but the file has only {len(out)}")
     return out

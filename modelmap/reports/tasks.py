@@ -49,7 +49,7 @@ from modelmap.scoring.engine import (
     make_batches,
     score_batch,
 )
-from modelmap.storage import write_text
+from modelmap.storage import utf8_lines, write_text
 
 PROSE_DOMAINS = ("bible", "devil", "fortunes", "jargon", "wikipedia")
 
@@ -112,26 +112,17 @@ def read_task(path: str | Path) -> Task:
     """A task from ``<name>.jsonl``; raises ``TaskError`` naming the file and line."""
     path = Path(path)
     items = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise TaskError(
-                    f"{path}: line {lineno}: not UTF-8 ({err.reason} at byte {err.start})"
-                ) from err
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskError(f"{path}: line {lineno}: not JSON ({err})") from err
-            item = parse_item(obj, f"{path}: line {lineno}")
-            try:  # a lone surrogate ("\ud800") has no UTF-8 form: no tokenizer takes it
-                json.dumps([item.context, *item.choices], ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError as err:
-                raise TaskError(f"{path}: line {lineno}: a lone surrogate ({err.reason})") from err
-            items.append(item)
+    for lineno, line in utf8_lines(path, TaskError):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{path}: line {lineno}: not JSON ({err})") from err
+        item = parse_item(obj, f"{path}: line {lineno}")
+        try:  # a lone surrogate ("\ud800") has no UTF-8 form: no tokenizer takes it
+            json.dumps([item.context, *item.choices], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise TaskError(f"{path}: line {lineno}: a lone surrogate ({err.reason})") from err
+        items.append(item)
     if not items:
         raise TaskError(f"{path}: no items")
     return Task(path.stem, tuple(items))
