@@ -65,7 +65,7 @@ import psutil
 from dagster._core.instance.ref import InstanceRef
 
 from modelmap.likelihoods import likelihood_frame
-from modelmap.reports.benchmarks import OPEN_LLM_V1, SCORE_COLUMNS, SUITE_OPEN_LLM
+from modelmap.reports.benchmarks import OPEN_LLM_V1, SCORE_COLUMNS, SUITE_OPEN_LLM, empty_scores
 from modelmap.storage import write_parquet
 from modelmap_assets.cli.main import materialize_corpus, register
 from modelmap_assets.definitions import DOWNSTREAM
@@ -215,7 +215,7 @@ class ScoreWriter:
         path = self.storage.write_likelihood(key, frame, meta)
         scores = pl.DataFrame(
             [(key, b, SUITE_OPEN_LLM, s, "file", None) for b, s in bench.items()],
-            schema=SCORE_SCHEMA,
+            schema=empty_scores().schema,
             orient="row",
         ).select(SCORE_COLUMNS)
         bench_path = write_parquet(
@@ -300,16 +300,6 @@ def _write_and_record(i: int) -> tuple[float, float]:
     t1 = time.perf_counter()
     _WORKER.record(*done)
     return t1 - t0, time.perf_counter() - t1
-
-
-SCORE_SCHEMA = {
-    "model": pl.Utf8,
-    "benchmark": pl.Utf8,
-    "suite": pl.Utf8,
-    "score": pl.Float64,
-    "source": pl.Utf8,
-    "n_items": pl.Int64,
-}
 
 
 def write_corpus_jsonl(path: Path, n_texts: int, seed: int = 42) -> Path:
