@@ -26,9 +26,18 @@ A = dg.AutomationCondition
 DEFAULT_SCHEDULE = "0 * * * *"
 EAGER = "eager"
 
-# Refresh after upstream updates, but never wait for a model that failed or is missing:
-# the map is built from whatever has been scored.
-eager_refresh = A.eager().without(~A.any_deps_missing())
+# Refresh after upstream updates, but never wait for a model that failed or is missing: the
+# map is built from whatever has been scored. Unlike `AutomationCondition.eager()`, an update
+# is forgotten only when a refresh is requested, not when one lands: scores that land while a
+# refresh runs (that run may have read the scores before them) bring another refresh, where
+# `eager()` would let the refresh's own materialization swallow them until the next model.
+# Updates seen on the tick after a request came after that request was made (each tick sees
+# only the updates since the one before), so that tick does not forget them.
+updated = A.newly_missing() | A.any_deps_updated()
+requested = ((A.newly_requested() & ~updated) | A.initial_evaluation()).with_label("requested")
+eager_refresh = (
+    updated.since(requested) & ~A.any_deps_in_progress() & ~A.in_progress()
+).with_label("eager (updates kept until the next request)")
 
 
 def coordinates_condition(schedule: str = DEFAULT_SCHEDULE) -> dg.AutomationCondition:

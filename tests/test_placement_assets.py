@@ -238,3 +238,51 @@ def test_hourly_refresh_waits_for_the_tick_and_not_for_models_in_progress():
             assets, instance, selection, evaluation_time=at(11, 0), cursor=result.cursor
         )
         assert requested(result) == 1
+
+
+@pytest.mark.parametrize("schedule", [EAGER, "0 * * * *"])
+def test_scores_landing_during_a_refresh_bring_another_refresh(schedule):
+    """A model scored while a refresh runs (after it was requested, before its coordinates
+    land) is not swallowed by that refresh's materialization: the next tick asks again.
+    (Dagster's `eager()` forgets updates when the asset itself updates, so the model stayed
+    off the map until another model came: the hub end-to-end test caught it on a slow run.)"""
+    import datetime as dt
+
+    # Tick times on the real clock: the events below carry real timestamps, and a tick
+    # compares them with its own time.
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+
+    def at(seconds):
+        return start + dt.timedelta(seconds=seconds)
+
+    next_hour = (start.replace(minute=0, second=0, microsecond=0) - start).total_seconds() + 3600
+    defs = dg.Definitions(assets=with_schedule(ASSETS, schedule), resources=build_resources({}))
+    selection = dg.AssetSelection.assets("coordinates")
+
+    def scored(instance, key):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key="likelihood", partition=key)
+        )
+
+    def tick(instance, minute, cursor):
+        result = dg.evaluate_automation_conditions(
+            defs, instance, selection, evaluation_time=at(minute), cursor=cursor
+        )
+        return result.get_num_requested(dg.AssetKey("coordinates")), result.cursor
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(models_partitions.name, ["a/one", "a/two"])
+        _, cursor = tick(instance, 0, None)
+        scored(instance, "a/one")
+        n, cursor = tick(instance, 1, cursor)
+        assert n == 1  # the first map
+        scored(instance, "a/two")  # lands while the refresh runs ...
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="coordinates"))
+        n, cursor = tick(instance, 31, cursor)  # ... which then lands without it
+        if schedule != EAGER:
+            assert n == 0  # waits for the next tick of the schedule, but is not forgotten
+            n, cursor = tick(instance, next_hour + 1, cursor)
+        assert n == 1
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="coordinates"))
+        n, cursor = tick(instance, next_hour + 2, cursor)
+        assert n == 0  # nothing new: no refresh
