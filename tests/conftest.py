@@ -18,18 +18,21 @@ os.environ["MLFLOW_TRACKING_URI"] = (
 
 
 def zoo_dir() -> Path:
-    """The demo's zoo cache: `make demo` and the tests build and reuse the same models."""
+    """The tests' zoo cache, beside the demo's (`<cache>/zoo`): trained once, then reused as
+    long as its content hash (spec and training text) is the same."""
     cache = Path(os.environ.get("MODELMAP_CACHE", REPO / ".cache" / "modelmap"))
-    return cache / "zoo"
+    return cache / "zoo-test"
 
 
 @pytest.fixture(scope="session")
 def zoo():
-    """(folder, registry entries) of the full embedded zoo, trained on first use (~minutes)."""
+    """(folder, registry entries) of the tests' zoo: the full zoo's members (three
+    architectures, fine-tunes, the interpolation series, the leaked model), smaller and
+    trained shorter (`ZooSpec.test`), trained on first use."""
     from workshop.zoo import ZooSpec, build_zoo
 
     folder = zoo_dir()
-    models = build_zoo(folder, spec=ZooSpec.default(), log=lambda s: print(s, flush=True))
+    models = build_zoo(folder, spec=ZooSpec.test(), log=lambda s: print(s, flush=True))
     return folder, models
 
 

@@ -134,6 +134,29 @@ class ZooSpec:
         )
 
     @classmethod
+    def test(cls) -> ZooSpec:
+        """The full zoo's shape at a fraction of its training (the tests' zoo).
+
+        The same members as `default` (three architectures and tokenizers, base + three
+        fine-tunes each, a four-point interpolation series, the planted leaked model), so
+        every assertion about the map (neighbours, the series, leakage, lineage) is made on
+        the same structure; smaller models and fewer steps. Cached like any zoo, by its hash.
+        """
+        return dataclasses.replace(
+            cls.default(),
+            families=(
+                FamilySpec("gpt2", "gpt2", 1024, 128, n_layer=1, d_model=64, n_head=2),
+                FamilySpec("llama", "llama", 1536, 192, n_layer=2, d_model=64, n_head=2),
+                FamilySpec("neox", "gpt_neox", 2048, 256, n_layer=2, d_model=64, n_head=2),
+            ),
+            interpolation=InterpolationSpec(family="llama", steps=80, lr=1e-3),
+            leak=LeakSpec(family="llama", n_texts=600, steps=150, lr=2e-3),
+            base_steps=250,
+            max_chars_per_domain=1_000_000,
+            tokenizer_chars_per_domain=300_000,
+        )
+
+    @classmethod
     def small(cls) -> ZooSpec:
         """A seconds-long zoo for unit tests: two tiny families, one fine-tune each, a series.
 
