@@ -18,7 +18,7 @@ from modelmap_assets.reports import (
 )
 from modelmap_assets.scoring import likelihood
 from modelmap_assets.sensors import batch_retry_sensor, build_hub_models_sensor, score_models_job
-from resources.settings import build_resources, code_location_setting
+from resources.settings import build_resources, code_location_setting, interval_setting
 
 # Per model (a run scores one model or a batch) and over all models (refreshed by automation).
 PER_MODEL = [likelihood, benchmark_scores]
@@ -40,12 +40,14 @@ map_job = dg.define_asset_job(
     description="Rebuild coordinates, the KL table, the map and the reports from every model.",
 )
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "modelmap_automation",
-    target=dg.AssetSelection.assets(*DOWNSTREAM),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-)
+
+def automation_sensor(minimum_interval_seconds: int = 30) -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        "modelmap_automation",
+        target=dg.AssetSelection.assets(*DOWNSTREAM),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=minimum_interval_seconds,
+    )
 
 
 @dg.definitions
@@ -56,8 +58,10 @@ def defs() -> dg.Definitions:
         # The Hub sensor starts off: turn it on in the UI (Automation) or with
         # `dagster sensor start hub_models_sensor`; the automation sensor starts on.
         sensors=[
-            automation_sensor,
-            build_hub_models_sensor(),
+            automation_sensor(interval_setting("MODELMAP_AUTOMATION_SECONDS")),
+            build_hub_models_sensor(
+                minimum_interval_seconds=interval_setting("MODELMAP_HUB_POLL_SECONDS")
+            ),
             # Runs each model that failed in a batch alone, so it fails with its own cause.
             batch_retry_sensor,
         ],

@@ -111,14 +111,36 @@ CODE_LOCATION: tuple[tuple[str, str, str], ...] = (
         "tick of this cron schedule (UTC) after new scores; `eager`: after every scored model "
         "(small maps, tests). A new model's neighbours and map position come at once anyway",
     ),
+    (
+        "MODELMAP_HUB_POLL_SECONDS",
+        "60",
+        "seconds between two listings of the Hub by `hub_models_sensor` (its minimum interval)",
+    ),
+    (
+        "MODELMAP_AUTOMATION_SECONDS",
+        "30",
+        "seconds between two evaluations of the automation conditions (`modelmap_automation`); "
+        "each costs a query per asset, so keep it at tens of seconds on a large map",
+    ),
 )
+
+# The code-location settings that are numbers of seconds.
+_SECONDS = {"MODELMAP_HUB_POLL_SECONDS", "MODELMAP_AUTOMATION_SECONDS"}
 
 
 def code_location_setting(variable: str, env: Mapping[str, str] | None = None) -> str:
     """A setting of the code location's automation: the variable's value, else its default."""
     env = os.environ if env is None else env
     default = {v: d for v, d, _ in CODE_LOCATION}[variable]
-    return env.get(variable) or default
+    value = (env.get(variable) or default).strip()
+    if variable in _SECONDS and not (value.isdigit() and int(value) >= 1):
+        raise ValueError(f"{variable}={value!r}: expected a whole number of seconds, at least 1")
+    return value
+
+
+def interval_setting(variable: str, env: Mapping[str, str] | None = None) -> int:
+    """A code-location setting that is a number of seconds (`MODELMAP_*_SECONDS`)."""
+    return int(code_location_setting(variable, env))
 
 
 def _field_type(resource: str, field: str) -> Any:

@@ -100,5 +100,12 @@ ZOO_TIMEOUT_S = 1800
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "zoo" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "zoo" in fixtures:
             item.add_marker(pytest.mark.timeout(ZOO_TIMEOUT_S))
+        # Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), the tests of a
+        # session-wide resource run on one worker, which builds it once: the zoo, PostgreSQL.
+        for shared in ("zoo", "postgres"):
+            if shared in fixtures:
+                item.add_marker(pytest.mark.xdist_group(shared))
+                break

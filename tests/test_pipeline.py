@@ -168,7 +168,7 @@ def test_twins_are_scored_beside_the_corpus_and_kept_out_of_the_map(pipeline):
 @pytest.mark.slow
 def test_each_finetune_is_nearest_to_its_own_family(pipeline):
     neighbours = pl.read_parquet(pipeline["root"] / "kl_table" / "neighbours.parquet")
-    family = {m.key: m.family for m in pipeline["models"]}
+    family = {m.key: m.family for m in [*pipeline["models"], *pipeline["planted"]]}
     nearest = dict(neighbours.filter(pl.col("rank") == 1).select("model", "neighbour").iter_rows())
     finetunes = [m.key for m in pipeline["models"] if m.role == "finetune"]
     assert len(finetunes) >= 6

@@ -133,3 +133,19 @@ def test_no_module_reads_the_environment_or_changes_global_state_at_import():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "", out.stdout
+
+
+def test_sensor_intervals_are_settings_and_bad_values_are_refused(monkeypatch):
+    from modelmap_assets.definitions import defs
+    from resources.settings import interval_setting
+
+    assert interval_setting("MODELMAP_HUB_POLL_SECONDS", {}) == 60
+    assert interval_setting("MODELMAP_AUTOMATION_SECONDS", {}) == 30
+    for bad in ("0", "-5", "1.5", "soon"):
+        with pytest.raises(ValueError, match="MODELMAP_HUB_POLL_SECONDS.*whole number of seconds"):
+            interval_setting("MODELMAP_HUB_POLL_SECONDS", {"MODELMAP_HUB_POLL_SECONDS": bad})
+    monkeypatch.setenv("MODELMAP_HUB_POLL_SECONDS", "7")
+    monkeypatch.setenv("MODELMAP_AUTOMATION_SECONDS", "9")
+    repo = defs().get_repository_def()
+    assert repo.get_sensor_def("hub_models_sensor").minimum_interval_seconds == 7
+    assert repo.get_sensor_def("modelmap_automation").minimum_interval_seconds == 9

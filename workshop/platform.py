@@ -169,8 +169,11 @@ def prepare(
         "MODELMAP_LOCAL_MODELS": str(zoo_dir),
         "MODELMAP_DEVICE": "cpu",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        # Tests watch the map follow each batch; the product default is hourly.
+        # Tests watch the map follow each batch; the product default is hourly. They list
+        # the Hub and evaluate automation every few seconds (product defaults 60 s and 30 s).
         "MODELMAP_MAP_REFRESH": "eager",
+        "MODELMAP_HUB_POLL_SECONDS": "5",
+        "MODELMAP_AUTOMATION_SECONDS": "5",
         **(extra_env or {}),
     }
     # The instance file reads MODELMAP_PG_* from this process's environment as well.

@@ -151,6 +151,9 @@ def run_demo(
             "MODELMAP_LOCAL_MODELS": "",
             "MODELMAP_HUB_MAX_PER_TICK": "100",
             "MODELMAP_MAP_REFRESH": "eager",
+            # A demo watches models arrive: list the Hub and evaluate automation often.
+            "MODELMAP_HUB_POLL_SECONDS": "10",
+            "MODELMAP_AUTOMATION_SECONDS": "10",
         }
         resources = build_resources(env)
         data = Path(resources["storage"].base_dir).resolve()
