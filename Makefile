@@ -31,11 +31,13 @@ demo: $(STAMP)
 
 # Everything (what CI runs): lint, then every test, the `slow` tier included (the zoo, the
 # daemon and webserver, PostgreSQL, Chromium). `make test-fast` runs the unmarked tier alone.
+# Two workers (pytest-xdist) take whole files, the zoo's first (tests/conftest.py).
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: lint
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q $(XDIST) --durations=15
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -m "not slow" --durations=10
+	$(BIN)/pytest -q $(XDIST) -m "not slow" --durations=10
 
 # Scoring side by side (not part of `make test`): modelmap, the paper's algorithm and
 # lm-evaluation-harness; writes benchmarks/results.json. On a GPU: make bench BENCH_ARGS=--gpu

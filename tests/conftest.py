@@ -11,6 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Under pytest-xdist (`make test`: two workers on two cores), each worker and every process it
+# starts (run workers, code servers) uses one torch thread: two workers with a thread per core
+# each oversubscribe the cores, and OpenMP's spinning threads then run several times slower.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 # Runs the tests log go to a throw-away store, never to the repo's dagster_home/mlflow.
 os.environ["MLFLOW_TRACKING_URI"] = (
     f"sqlite:///{tempfile.mkdtemp(prefix='modelmap-test-mlflow-')}/mlflow.db"
@@ -29,10 +37,20 @@ def zoo():
     """(folder, registry entries) of the tests' zoo: the full zoo's members (three
     architectures, fine-tunes, the interpolation series, the leaked model), smaller and
     trained shorter (`ZooSpec.test`), trained on first use."""
+    from filelock import FileLock
+
     from workshop.zoo import ZooSpec, build_zoo
 
     folder = zoo_dir()
-    models = build_zoo(folder, spec=ZooSpec.test(), log=lambda s: print(s, flush=True))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One trainer at a time (two test sessions, or workers): the others wait, then load it.
+    with FileLock(str(folder) + ".lock"):
+        models = build_zoo(
+            folder,
+            spec=ZooSpec.test(),
+            log=lambda s: print(s, flush=True),
+            threads=1 if XDIST_WORKER else None,
+        )
     return folder, models
 
 
@@ -92,20 +110,24 @@ def postgres():
     shutil.rmtree(base, ignore_errors=True)
 
 
-# The first test that uses the trained zoo pays for training it (about 5 minutes on two idle
-# cores, more when loaded) inside its own time limit, and the pipeline fixture builds the
+# The first test that uses the trained zoo pays for training it (about 2 minutes on two idle
+# cores, 4 on one) inside its own time limit, and the pipeline fixture builds the
 # planted leaks and scores every model on top: such tests get 30 minutes, the rest keep 10.
 ZOO_TIMEOUT_S = 1800
 
 
+def pytest_configure(config):
+    if XDIST_WORKER:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        if "zoo" in fixtures:
+        if "zoo" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.timeout(ZOO_TIMEOUT_S))
-        # Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), the tests of a
-        # session-wide resource run on one worker, which builds it once: the zoo, PostgreSQL.
-        for shared in ("zoo", "postgres"):
-            if shared in fixtures:
-                item.add_marker(pytest.mark.xdist_group(shared))
-                break
+    # Longest first: `make test` hands whole files to two workers (pytest-xdist, `--dist
+    # loadfile`) in the order their first test appears here, so the file that trains the zoo
+    # starts at once and the daemon's tests overlap it, not the end of the run.
+    items.sort(key=lambda item: ("zoo" not in item.fixturenames, "slow" not in item.keywords))

@@ -16,6 +16,29 @@ from modelmap.scoring.engine import (
 )
 from modelmap.scoring.loading import load_causal_lm
 from workshop.reference import reference_loglik
+from workshop.zoo import FamilySpec, ZooSpec, build_zoo
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """One small trained base per architecture (GPT-2, Llama, NeoX: both tokenizer
+    conventions, three position schemes), trained in seconds: the engine's tests need each
+    architecture, not the map's zoo."""
+    small = ZooSpec.small()
+    spec = ZooSpec(
+        families=(
+            *small.families,
+            FamilySpec("neox", "gpt_neox", 384, 56, n_layer=1, d_model=32, n_head=2, n_finetunes=0),
+        ),
+        interpolation=None,
+        base_steps=40,
+        base_warmup=4,
+        batch_size=4,
+        max_chars_per_domain=200_000,
+        bf16_autocast=False,
+    )
+    folder = tmp_path_factory.mktemp("architectures")
+    return folder, build_zoo(folder, spec=spec, log=lambda s: None)
 
 
 def test_windows_by_hand():

@@ -733,6 +733,7 @@ def build_zoo(
     log: Log = print,
     force: bool = False,
     leak_texts: Sequence[str] | None = None,
+    threads: int | None = None,
 ) -> list[ZooModel]:
     """Train and save the zoo under out_dir; return its registry entries.
 
@@ -740,7 +741,8 @@ def build_zoo(
     which is held out from the scored texts. leak_texts: the corpus texts the planted leaked
     model is trained on (default: the first ``spec.leak.n_texts`` of the default embedded
     corpus). If ``zoo.json`` records the same spec and training text, the existing zoo is
-    returned without training (unless ``force``).
+    returned without training (unless ``force``). threads: torch threads while training
+    (default: every core; one when other processes share the cores, as test workers do).
     """
     out_dir = Path(out_dir)
     spec = spec or ZooSpec.default()
@@ -766,7 +768,7 @@ def build_zoo(
     from transformers.utils import logging as hf_logging
 
     threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     hf_logging.disable_progress_bar()  # our own log lines say what is happening
     t_start = time.time()
     ft_domains = _choose_domains(
