@@ -39,3 +39,29 @@ def reports_read_the_final_map(instance: dg.DagsterInstance) -> list[str]:
         if not (latest and coordinates and latest.timestamp >= coordinates.timestamp):
             stale.append(report)
     return stale
+
+
+ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def wait_until_idle(instance: dg.DagsterInstance, timeout_s: float = 120, quiet_s: float = 8):
+    """Wait until no run is queued or running for `quiet_s` (longer than an automation tick in
+    tests), so that stopping the platform kills nothing in flight: a run that automation
+    launched just before the test's last check would otherwise end killed, as a failure."""
+    deadline = time.time() + timeout_s
+    idle_since = None
+    while time.time() < deadline:
+        active = instance.get_runs(dg.RunsFilter(statuses=ACTIVE_STATUSES), limit=1)
+        if active:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.time()
+        elif time.time() - idle_since >= quiet_s:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"runs still active after {timeout_s:.0f} s")

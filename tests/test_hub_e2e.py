@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 import pytest
 from hubtools import edit_config, variant
-from platformtools import describe, runs_of
+from platformtools import describe, runs_of, wait_until_idle
 
 from modelmap_assets.cli.backfill import set_sensor
 from modelmap_assets.cli.demo import wait_for_map, wait_for_models
@@ -94,6 +94,7 @@ def test_sensor_finds_models_and_the_map_refreshes_by_itself(tiny_model, tmp_pat
                     limit=5,
                 ).records
                 assert len(records) == 1, key
+            wait_until_idle(instance)
         instance.dispose()
 
 

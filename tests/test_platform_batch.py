@@ -1,6 +1,6 @@
 """A backfill of a batch of models on PostgreSQL through the real daemon and webserver, with
 the daemon killed (its whole process group: code server and the scoring run in flight) and
-restarted half-way; every partition ends scored once, the map refreshes once at the end.
+restarted half-way; every partition ends scored once, the map refreshes at the end (not per run).
 
 The subject is the platform (backfill, queue, pool, storage, recovery), so the benchmark scores
 come from a scores file and MLflow is off: each run still loads and scores its model, and
@@ -13,7 +13,13 @@ import time
 import dagster as dg
 import polars as pl
 import pytest
-from platformtools import describe, reports_read_the_final_map, runs_of, wait_for
+from platformtools import (
+    describe,
+    reports_read_the_final_map,
+    runs_of,
+    wait_for,
+    wait_until_idle,
+)
 
 from modelmap_assets.batches import RANGE_END_TAG, RANGE_START_TAG
 from modelmap_assets.cli.backfill import wait_for_backfill
@@ -92,13 +98,17 @@ def test_backfill_on_postgres_survives_a_daemon_crash(platform):
         # Automation refreshes the map and the reports once the batch is scored.
         assert wait_for_refresh(instance, t0, timeout_s=300, poll_s=1) == []
         print(f"backfill of {N_MODELS} models on PostgreSQL: {time.time() - t0:.0f} s")
+        wait_until_idle(instance)
 
     # Every model scored and benchmarked; the map holds them all and was built once.
     for asset in ("likelihood", "benchmark_scores"):
         assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(keys), asset
     assert sorted(pl.read_parquet(platform.data / "model_map" / "map.parquet")["key"]) == keys
+    # Not one map per batch run: automation waits while models are being scored. (A second
+    # refresh may follow when the last scores land during the tick that requests the first:
+    # automation keeps updates it has not yet seen rather than risk leaving a model off.)
     maps = instance.fetch_materializations(dg.AssetKey("model_map"), limit=10).records
-    assert len(maps) == 1, "\n\n".join(
+    assert len(maps) <= 2, "\n\n".join(
         describe(instance, instance.get_run_by_id(m.run_id)) for m in maps
     )
     # The reports were built from the final Q, not before it.

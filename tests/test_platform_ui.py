@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 import pytest
 from dagster._core.execution.backfill import BulkActionStatus
-from platformtools import describe, reports_read_the_final_map, wait_for
+from platformtools import describe, reports_read_the_final_map, wait_for, wait_until_idle
 
 from modelmap_assets.batches import RANGE_END_TAG, RANGE_START_TAG
 from modelmap_assets.cli.main import register, wait_for_refresh
@@ -98,6 +98,7 @@ def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
         assert image.evaluate("img => img.naturalWidth") > 200
         page.wait_for_timeout(1_000)  # the dialog's fade-in
         shot("4-map-metadata")
+        wait_until_idle(instance)
     failed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert not failed, "\n\n".join(describe(instance, run) for run in failed)
     # dagster.yaml turns the "Join the Dagster community" dialog off (`nux`): none was shown.
