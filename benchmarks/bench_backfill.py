@@ -39,8 +39,8 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from modelmap_assets.batches import MODELS_PER_RUN, RANGE_START_TAG
 from modelmap_assets.cli.main import backfill
+from modelmap_assets.scoring.batches import MODELS_PER_RUN, RANGE_START_TAG
 from workshop.platform import local_platform, prepare
 
 SCALE_JSON = Path(__file__).resolve().parent / "scale.json"

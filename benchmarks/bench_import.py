@@ -30,7 +30,7 @@ from hubtools import make_tiny_model  # noqa: E402
 from modelmap.likelihoods import read_rows  # noqa: E402
 from modelmap.published import PAPER_CORPUS_FILE, read_published_matrix  # noqa: E402
 from modelmap_assets.definitions import ASSETS, build_resources  # noqa: E402
-from modelmap_assets.imports import import_published_matrix  # noqa: E402
+from modelmap_assets.scoring.imports import import_published_matrix  # noqa: E402
 from resources.benchmarks import BenchmarkResource  # noqa: E402
 
 

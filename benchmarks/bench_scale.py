@@ -67,10 +67,10 @@ from dagster._core.instance.ref import InstanceRef
 from modelmap.likelihoods import likelihood_frame
 from modelmap.reports.benchmarks import OPEN_LLM_V1, SCORE_COLUMNS, SUITE_OPEN_LLM, empty_scores
 from modelmap.storage import write_parquet
+from modelmap_assets.automation.sensors import hub_models_sensor
 from modelmap_assets.cli.main import materialize_corpus, register
 from modelmap_assets.definitions import DOWNSTREAM
 from modelmap_assets.instance.launcher import run_worker_pid
-from modelmap_assets.sensors import hub_models_sensor
 from resources.settings import build_resources
 from workshop.hub_server import synthetic_keys, synthetic_sha
 from workshop.localhttp import free_port, wait_until_up
@@ -870,9 +870,11 @@ def place_new_model(instance, env, storage, writer: ScoreWriter, row) -> None:
     the file on disk to the neighbours and map position printed, and that process's peak RSS;
     `placement_s` is `place()` alone in this process (what the scoring run adds)."""
     try:
-        from modelmap_assets.placement import place
+        from modelmap_assets.geometry.placement import place
     except ImportError:
-        print("  place_new_model: modelmap_assets.placement is not in this checkout: skipped")
+        print(
+            "  place_new_model: modelmap_assets.geometry.placement is not in this checkout: skipped"
+        )
         return
     key = NEW_MODEL[0]
     register(instance, [key])

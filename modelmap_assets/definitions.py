@@ -6,18 +6,22 @@ and binds the environment's settings then (`resources/settings.py`).
 
 import dagster as dg
 
-from modelmap_assets.automation import with_schedule
-from modelmap_assets.budget import text_selection
+from modelmap_assets.automation.conditions import with_schedule
+from modelmap_assets.automation.sensors import (
+    batch_retry_sensor,
+    build_hub_models_sensor,
+    score_models_job,
+)
 from modelmap_assets.corpus import corpus
-from modelmap_assets.geometry import coordinates, kl_table, model_map
+from modelmap_assets.geometry.assets import coordinates, kl_table, model_map
+from modelmap_assets.geometry.budget import text_selection
 from modelmap_assets.reports import (
     benchmark_scores,
     leakage_report,
     lineage_report,
     regression_report,
 )
-from modelmap_assets.scoring import likelihood
-from modelmap_assets.sensors import batch_retry_sensor, build_hub_models_sensor, score_models_job
+from modelmap_assets.scoring.assets import likelihood
 from resources.settings import build_resources, code_location_setting, interval_setting
 
 # Per model (a run scores one model or a batch) and over all models (refreshed by automation).

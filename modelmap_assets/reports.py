@@ -26,12 +26,12 @@ from modelmap.reports.predictor import ScorePredictor
 from modelmap.reports.tasks import TaskError, evaluate_tasks, tasks_hash
 from modelmap.scoring.engine import default_token_budget
 from modelmap.storage import write_parquet, write_text
-from modelmap_assets.batches import BATCH_POLICY, BatchFailures
-from modelmap_assets.geometry import CENTRING_FILE, coordinates, read_coordinates, refresh
+from modelmap_assets.geometry.assets import CENTRING_FILE, coordinates, read_coordinates, refresh
 from modelmap_assets.metadata import md_table, png_md
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.runs import others_in_progress
-from modelmap_assets.scoring import MODEL_ERRORS, model_failure, prefetched_models
+from modelmap_assets.scoring.assets import MODEL_ERRORS, model_failure, prefetched_models
+from modelmap_assets.scoring.batches import BATCH_POLICY, BatchFailures
 from resources.benchmarks import BenchmarkResource
 from resources.hub import HubResource
 from resources.mlflow import MlflowResource

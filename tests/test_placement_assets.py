@@ -11,10 +11,10 @@ import pytest
 from modelmap.geometry.centering import double_centre
 from modelmap.geometry.kl import two_kl_nats
 from modelmap.likelihoods import TEXT_SET_BUDGET, likelihood_frame
-from modelmap_assets.automation import EAGER, coordinates_condition, with_schedule
+from modelmap_assets.automation.conditions import EAGER, coordinates_condition, with_schedule
 from modelmap_assets.definitions import ASSETS
+from modelmap_assets.geometry.placement import neighbours, place
 from modelmap_assets.partitions import models_partitions
-from modelmap_assets.placement import neighbours, place
 from resources.settings import build_resources
 
 N, N_FAM, PER_FAM = 80, 4, 6

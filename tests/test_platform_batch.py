@@ -21,9 +21,9 @@ from platformtools import (
     wait_until_idle,
 )
 
-from modelmap_assets.batches import RANGE_END_TAG, RANGE_START_TAG
 from modelmap_assets.cli.backfill import wait_for_backfill
 from modelmap_assets.cli.main import backfill, wait_for_refresh
+from modelmap_assets.scoring.batches import RANGE_END_TAG, RANGE_START_TAG
 from workshop.platform import local_platform, prepare
 
 # Twelve models: enough for a batch that is still scoring when the daemon dies (after the

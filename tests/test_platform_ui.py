@@ -15,8 +15,8 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 from platformtools import describe, reports_read_the_final_map, wait_for, wait_until_idle
 
-from modelmap_assets.batches import RANGE_END_TAG, RANGE_START_TAG
 from modelmap_assets.cli.main import register, wait_for_refresh
+from modelmap_assets.scoring.batches import RANGE_END_TAG, RANGE_START_TAG
 from workshop.browser import open_page
 from workshop.platform import local_platform, prepare
 

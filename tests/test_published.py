@@ -19,7 +19,7 @@ from modelmap.published import (
     read_published_matrix,
 )
 from modelmap_assets.definitions import ASSETS, build_resources
-from modelmap_assets.imports import import_published_matrix
+from modelmap_assets.scoring.imports import import_published_matrix
 from resources.benchmarks import BenchmarkResource
 
 RNG = np.random.default_rng(0)

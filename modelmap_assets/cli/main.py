@@ -12,10 +12,10 @@ from pathlib import Path
 import dagster as dg
 
 from modelmap.storage import validate_model_key
-from modelmap_assets.batches import contiguous_batches, range_tags
 from modelmap_assets.definitions import ASSETS, DOWNSTREAM, PER_MODEL
 from modelmap_assets.instance.inprocess import materialize_here
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.scoring.batches import contiguous_batches, range_tags
 from resources.settings import build_resources, command_line_default
 
 
@@ -194,7 +194,7 @@ def import_matrix(
 ) -> int:
     """`modelmap import-matrix`: 0 when imported, 1 with the reason when refused."""
     from modelmap.published import PublishedMatrixError, UnsafePickleError, read_published_matrix
-    from modelmap_assets.imports import import_published_matrix
+    from modelmap_assets.scoring.imports import import_published_matrix
 
     resources = build_resources(os.environ)
     storage = resources["storage"]
@@ -243,7 +243,7 @@ def print_neighbours(key: str, k: int, as_json: bool) -> int:
     """`modelmap neighbours KEY`: place the model against the current map and print it."""
     import json
 
-    from modelmap_assets.placement import PlacementError, place
+    from modelmap_assets.geometry.placement import PlacementError, place
 
     try:
         placed = place(build_resources(os.environ)["storage"], key, k)

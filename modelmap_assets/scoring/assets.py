@@ -1,5 +1,5 @@
 """The `likelihood` asset: a model's log-likelihood of every corpus text (one partition per
-model; one run may score a batch of models, see `modelmap_assets.batches`)."""
+model; one run may score a batch of models, see `modelmap_assets.scoring.batches`)."""
 
 import time
 from collections.abc import Iterator
@@ -22,10 +22,10 @@ from modelmap.scoring.loading import LoadedModel, ModelLoadError
 from modelmap.scoring.prefetch import Prefetched, prefetched
 from modelmap.selections import read_selection
 from modelmap.storage import InvalidModelKey, validate_model_key
-from modelmap_assets.batches import BATCH_POLICY, BatchFailures, requested_revisions
 from modelmap_assets.corpus import corpus
+from modelmap_assets.geometry.placement import placement_metadata
 from modelmap_assets.partitions import models_partitions
-from modelmap_assets.placement import placement_metadata
+from modelmap_assets.scoring.batches import BATCH_POLICY, BatchFailures, requested_revisions
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
 from resources.mlflow import MlflowResource

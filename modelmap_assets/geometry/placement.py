@@ -1,11 +1,11 @@
 """A new model's nearest neighbours (2KL) and map position, from its scores alone.
 
-The full refresh of the map runs at most once per interval (`modelmap_assets.automation`);
-a model whose scores just landed is placed at once against the current `coordinates` (its
-frozen clip value and column means, `centring.npz`, and Q) and the current map, without
-recomputing either (`modelmap.geometry.placement`). The result is in the model's `likelihood`
-materialization (metadata), from `modelmap neighbours KEY`, and from :func:`neighbours` in a
-notebook.
+The full refresh of the map runs at most once per interval
+(`modelmap_assets.automation.conditions`); a model whose scores just landed is placed at once
+against the current `coordinates` (its frozen clip value and column means, `centring.npz`,
+and Q) and the current map, without recomputing either (`modelmap.geometry.placement`). The
+result is in the model's `likelihood` materialization (metadata), from `modelmap neighbours
+KEY`, and from :func:`neighbours` in a notebook.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 At K = 10,000 a full refresh (coordinates, kl_table, model_map, the reports) takes minutes and
 models land every few seconds, so refreshing after each one would never catch up. A new model
-is placed alone in its own run instead (`modelmap_assets.placement`), and the full refresh
+is placed alone in its own run instead (`modelmap_assets.geometry.placement`), and the full refresh
 runs at most once per tick of a cron schedule (`MODELMAP_MAP_REFRESH`, default hourly):
 
 * `coordinates` is requested when a model's scores landed since it was last requested and a
@@ -61,7 +61,7 @@ def reports_condition(coordinates_key: dg.AssetKey) -> dg.AutomationCondition:
 
 def with_schedule(assets: list, schedule: str) -> list:
     """The over-all-models assets with their conditions for ``schedule`` (see module doc)."""
-    from modelmap_assets.geometry import coordinates
+    from modelmap_assets.geometry.assets import coordinates
 
     def swap(spec: dg.AssetSpec) -> dg.AssetSpec:
         if spec.key == coordinates.key:

@@ -41,17 +41,22 @@ from modelmap.likelihoods import TEXT_SET_ALL, TEXT_SET_BUDGET, corpus_rows, is_
 from modelmap.likelihoods import read_metadata as read_likelihood_metadata
 from modelmap.selections import read_selection
 from modelmap.storage import read_parquet_metadata, write_parquet
-from modelmap_assets.automation import DEFAULT_SCHEDULE, coordinates_condition, eager_refresh
+from modelmap_assets.automation.conditions import (
+    DEFAULT_SCHEDULE,
+    coordinates_condition,
+    eager_refresh,
+)
 from modelmap_assets.metadata import png_md
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.runs import others_in_progress
-from modelmap_assets.scoring import likelihood
+from modelmap_assets.scoring.assets import likelihood
 from resources.mlflow import MlflowResource
 from resources.storage import StorageResource
 
 # Refresh after upstream updates, but never wait for a model that failed or is missing:
 # the map is built from whatever has been scored. `coordinates` itself refreshes at most
-# hourly by default (`modelmap_assets.automation`; the code location applies the setting).
+# hourly by default (`modelmap_assets.automation.conditions`; the code location applies the
+# setting).
 refresh = eager_refresh
 
 

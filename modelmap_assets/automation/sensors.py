@@ -25,7 +25,10 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from modelmap_assets.batches import (
+from modelmap_assets.partitions import models_partitions
+from modelmap_assets.reports import benchmark_scores
+from modelmap_assets.scoring.assets import likelihood
+from modelmap_assets.scoring.batches import (
     MODELS_PER_RUN,
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -35,9 +38,6 @@ from modelmap_assets.batches import (
     requested_revisions,
     sha_tags,
 )
-from modelmap_assets.partitions import models_partitions
-from modelmap_assets.reports import benchmark_scores
-from modelmap_assets.scoring import likelihood
 from modelmap_assets.tags import BASE_MODEL_TAG, REVISION_TAG, SOURCE_TAG
 from resources.hub import HubResource, declared_bases
 
@@ -238,7 +238,7 @@ def build_hub_models_sensor(
     minimum_interval_seconds: int = 60,
 ) -> dg.SensorDefinition:
     """`hub_models_sensor`, targeting `likelihood` and `benchmark_scores` (several models per
-    run, see `modelmap_assets.batches`)."""
+    run, see `modelmap_assets.scoring.batches`)."""
 
     @dg.sensor(
         name="hub_models_sensor",
