@@ -220,14 +220,8 @@ def port_in_use(port: int) -> bool:
 
 
 def publish_smollm(hub_root: Path, cache: Path, keys: Sequence[str]) -> list[str]:
-    from workshop.hub_server import publish, publish_zoo
-    from workshop.smollm import BASE_KEY, FAMILY, build_smollm_family, smollm2_folder
+    from workshop.hub_server import publish_zoo
+    from workshop.smollm import build_smollm_family
 
-    if set(keys) <= {BASE_KEY}:
-        # The real model alone (the default): no need to build the three derived from it (two
-        # noisy copies and a fine-tune of 135M parameters, minutes of CPU).
-        folder = smollm2_folder(cache)
-        publish(hub_root, BASE_KEY, folder, tags=[f"family:{FAMILY}", "role:base"])
-        return [BASE_KEY]
     family = build_smollm_family(cache, log=lambda s: None)
     return publish_zoo(hub_root, family, only=set(keys))
