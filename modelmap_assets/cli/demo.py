@@ -4,11 +4,10 @@
    address is printed first), a local Hub-compatible server starts, and the corpus is
    materialized (the only asset built by hand).
 2. A small zoo (seconds of training) is published to the local Hub and `hub_models_sensor` is
-   turned on: the daemon's sensor finds the models and launches runs that score them in
-   batches, and declarative automation refreshes the map once they are scored: the first map.
-3. The full zoo is trained and published, then the SmolLM2 models (built while the daemon
-   scores the zoo): the sensor finds them on its next ticks, and the map grows once they are
-   all scored.
+   turned on: the daemon's sensor finds the models and launches one run per model, and
+   declarative automation refreshes the map once they are scored: the first map.
+3. The full zoo is trained and published, then the SmolLM2 models: the sensor finds them on
+   its next ticks and the map grows.
 4. When the map holds every published model, the sensor is turned back off, the webserver and
    daemon stop, and `make ui` shows every run (launched by the daemon), asset and map.
 
@@ -178,29 +177,22 @@ def run_demo(
                 build_zoo(cache / "zoo", spec=ZooSpec.default(), log=lambda s: None)
                 return publish_zoo(hub_root, cache / "zoo")
 
-            def full_zoo_and_smollm() -> list[str]:
-                # SmolLM2 is built (a copy, and a short fine-tune for the family) while the
-                # daemon scores the zoo: the scoring slot is never idle between the two.
-                keys = full_zoo()
-                log(f"full zoo: published {len(keys)} models to the local Hub")
-                if smollm:
-                    keys += publish_smollm(hub_root, cache, smollm)
-                    log(f"SmolLM2: published {len(smollm)} models to the local Hub")
-                return keys
-
-            stages = [("first map", small_zoo)]
+            stages = [("small zoo", small_zoo)]
             if not small_only:
-                stages.append(("map", full_zoo_and_smollm))
-            for i, (what, publish) in enumerate(stages):
+                stages.append(("full zoo", full_zoo))
+            if smollm and not small_only:
+                stages.append(("SmolLM2", lambda: publish_smollm(hub_root, cache, smollm)))
+            for i, (name, publish) in enumerate(stages):
                 keys = publish()
+                log(f"{name}: published {len(keys)} models to the local Hub")
                 if i == 0:
-                    log(f"small zoo: published {len(keys)} models to the local Hub")
                     set_sensor(platform.url, "hub_models_sensor", running=True)
                     log("hub_models_sensor turned on (Automation in the UI)")
                 outcomes = wait_for_models(instance, keys, log, timeout_s=3600)
                 failed |= {k: "see its run in the UI" for k, v in outcomes.items() if v == "failed"}
                 scored = [k for k, v in outcomes.items() if v == "scored"]
                 n = wait_for_map(instance, scored, data, timeout_s=600) if scored else 0
+                what = "first map" if i == 0 else "map"
                 log(f"{what}: {n} models ({data / 'model_map' / 'map.html'})")
         finally:
             try:
