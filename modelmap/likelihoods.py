@@ -26,12 +26,15 @@ Readers take corpus rows with `corpus_rows` (twins never enter L or Q), and a mo
 the full matrix only when `is_full` says its corpus rows are every corpus text.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from modelmap.storage import read_parquet_metadata, write_parquet
+from modelmap.storage import parquet_metadata, read_parquet_metadata, write_parquet
 
 SPLIT_CORPUS = "corpus"
 SPLIT_TWIN = "twin"
@@ -100,9 +103,51 @@ def twin_rows(path: Path, columns=("text_id", "loglik")) -> pl.DataFrame:
     return read_rows(path, SPLIT_TWIN, columns)
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One file read whole: its metadata (`read_metadata`'s) and, per split present, the
+    text ids (int64, ascending) and log-likelihoods (float64, nats) of its rows."""
+
+    meta: dict
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def rows(self, split: str = SPLIT_CORPUS) -> tuple[np.ndarray, np.ndarray]:
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+        return self.splits.get(split, empty)
+
+
+def read_scores(path: Path) -> Scores:
+    """Metadata and rows of one file in a single read, for readers of every model's file
+    (`coordinates`): about 1 ms per 10,000-row file, against ~2 ms for `read_metadata` then
+    `corpus_rows` (a query each)."""
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow
+    columns = [c for c in ("text_id", "loglik", "split") if c in schema.names]
+    table = pf.read(columns=columns, use_threads=False)
+    text_id = table.column("text_id").to_numpy().astype(np.int64, copy=False)
+    loglik = table.column("loglik").to_numpy().astype(np.float64, copy=False)
+    if "split" in columns:
+        split = table.column("split")
+        names = pc.unique(split).to_pylist()
+        masks = {name: pc.equal(split, name).to_numpy(zero_copy_only=False) for name in names}
+    else:
+        masks = {SPLIT_CORPUS: np.ones(len(text_id), dtype=bool)}
+    splits = {}
+    for name, mask in masks.items():
+        ids, values = text_id[mask], loglik[mask]
+        if len(ids) > 1 and not (ids[1:] >= ids[:-1]).all():
+            order = np.argsort(ids, kind="stable")
+            ids, values = ids[order], values[order]
+        splits[name] = (ids, values)
+    return Scores(_with_defaults(parquet_metadata(schema)), splits)
+
+
 def read_metadata(path: Path) -> dict:
     """The file's metadata with the format's defaults for files written before it."""
-    meta = read_parquet_metadata(path)
+    return _with_defaults(read_parquet_metadata(path))
+
+
+def _with_defaults(meta: dict) -> dict:
     meta.setdefault("origin", ORIGIN_SCORED)
     meta.setdefault("text_set", TEXT_SET_ALL)
     meta.setdefault("n_twin_rows", 0)

@@ -186,8 +186,12 @@ def write_parquet(df: pl.DataFrame, final: Path, metadata: dict | None = None) -
 
 def read_parquet_metadata(path: Path) -> dict:
     """The metadata dict stored by `write_parquet` (empty if none)."""
-    raw = pq.read_schema(path).metadata or {}
-    value = raw.get(_META_KEY.encode())
+    return parquet_metadata(pq.read_schema(path))
+
+
+def parquet_metadata(schema) -> dict:
+    """The metadata dict of `write_parquet` from a file's Arrow schema (empty if none)."""
+    value = (schema.metadata or {}).get(_META_KEY.encode())
     return json.loads(value) if value else {}
 
 

@@ -74,6 +74,12 @@ class StorageResource(dg.ConfigurableResource):
     def model_file(self, asset: str, key: str) -> Path:
         return path_inside(self.root, asset, key_to_filename(key, LIKELIHOOD_SUFFIX))
 
+    def model_files(self, asset: str, keys: list[str]) -> dict[str, Path]:
+        """`model_file` of many keys, the folder resolved once (a valid key's file name is
+        flat, so it cannot leave the folder; resolving each path cost ~0.4 ms)."""
+        folder = path_inside(self.root, asset)
+        return {k: folder / key_to_filename(k, LIKELIHOOD_SUFFIX) for k in keys}
+
     def model_file_keys(self, asset: str) -> list[str]:
         folder = self.root / asset
         if not folder.exists():

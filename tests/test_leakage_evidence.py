@@ -141,13 +141,13 @@ def test_robust_z_ignores_nan_and_png(tmp_path):
 @pytest.mark.slow  # a Dagster run (several seconds on two shared cores)
 def test_leakage_report_asset_reads_twins_and_lineage(tmp_path):
     """The asset on written files: corpus, twins, likelihood files with twin rows, a map."""
-    import json
 
     import dagster as dg
     import polars as pl
 
     from modelmap.corpus.build import corpus_hash
     from modelmap.likelihoods import SPLIT_TWIN, likelihood_frame
+    from modelmap_assets.geometry.assets import coordinates
     from modelmap_assets.reports import leakage_report
     from resources.mlflow import MlflowResource
     from resources.storage import StorageResource
@@ -169,33 +169,24 @@ def test_leakage_report_asset_reads_twins_and_lineage(tmp_path):
     digest, twins_digest = corpus_hash(corpus), "t" + corpus_hash(twins)
     storage.write_corpus(corpus, {"corpus_hash": digest, "mean_bytes": float(bc.mean())})
     storage.write_twins(twins, {"twins_hash": twins_digest, "corpus_hash": digest, "n_twins": 150})
+    bases = dict(links)
     for i, key in enumerate(keys):
         frames = [likelihood_frame(corpus["text_id"], Lc[i])]
-        meta = {"corpus_hash": digest}
+        meta = {"corpus_hash": digest, "base_models": [bases[key]] if key in bases else []}
         if key != "fam1/ft2":  # one model scored without twins
             frames.append(likelihood_frame(twins["text_id"], Lt[i], split=SPLIT_TWIN))
             meta["twins_hash"] = twins_digest
         storage.write_likelihood(key, pl.concat(frames), meta)
-    folder = storage.new_version_dir("coordinates")
-    np.save(folder / "L_raw.npy", Lc.astype(np.float32))
-    np.save(folder / "Q.npy", double_centre(Lc).astype(np.float32))
-    bases = dict(links)
-    pl.DataFrame(
-        {
-            "row": range(len(keys)),
-            "key": keys,
-            "family": [k.split("/")[0] for k in keys],
-            "base_models": [bases.get(k, "") for k in keys],
-            "mean_loglik_nats": Lc.mean(axis=1),
-        }
-    ).write_parquet(folder / "models.parquet")
-    info = {"corpus_hash": digest, "K": len(keys), "N": Lc.shape[1], "mean_bytes": bc.mean()}
-    (folder / "info.json").write_text(json.dumps(info))
-    storage.publish_version("coordinates", folder)
 
-    result = dg.materialize(
-        [leakage_report], resources={"storage": storage, "mlflow": MlflowResource(mode="off")}
-    )
+    # The real `coordinates` gathers L, the twin matrix and the neighbour graph from the files.
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("models", list(keys))
+        result = dg.materialize(
+            [coordinates, leakage_report],
+            instance=instance,
+            resources={"storage": storage, "mlflow": MlflowResource(mode="off")},
+        )
+    assert result.success
     meta = result.asset_materializations_for_node("leakage_report")[0].metadata
     assert meta["flagged"].value == ["fam0/leak"]
     assert meta["n_twins"].value == 150 and meta["flagged_by_paper_rule"].value == []
@@ -205,3 +196,23 @@ def test_leakage_report_asset_reads_twins_and_lineage(tmp_path):
     sources = dict(zip(screen["model"], screen["relatives_source"], strict=True))
     assert sources["fam0/leak"] == "lineage"
     assert (tmp_path / "data" / "leakage_report" / "statistics.png").exists()
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 5, 25])
+def test_the_fast_median_over_relatives_is_nanmedian(r):
+    """The stacked, sorted median of `_gain` against numpy's nanmedian, NaN included."""
+    import warnings
+
+    from modelmap.reports.leakage_evidence import _gain, _median_over_relatives
+
+    rng = np.random.default_rng(r)
+    x = rng.standard_normal((7, r, 60))
+    x[rng.random(x.shape) < 0.3] = np.nan
+    with warnings.catch_warnings():  # all-NaN columns: numpy warns, the fast path is quiet
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(x, axis=1)
+        Y = rng.standard_normal((30, 40))
+        relatives = [np.array([(i + j + 1) % 30 for j in range(r)]) for i in range(30)]
+        slow = np.stack([Y[i] - np.nanmedian(Y[rel], axis=0) for i, rel in enumerate(relatives)])
+    np.testing.assert_array_equal(_median_over_relatives(x), expected)
+    np.testing.assert_allclose(_gain(Y, relatives, block_values=100), slow, rtol=0, atol=1e-12)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -158,6 +160,49 @@ def nearest_neighbours(
         idx[r0 : r0 + len(A)] = best_i
         dist[r0 : r0 + len(A)] = best_d / N
     return idx, dist
+
+
+#: Neighbours per model in the graph `coordinates` keeps next to Q: t-SNE's ``3 x 30 + 1``
+#: (perplexity 30), more than the tables and reports list, so each of them takes its first
+#: columns instead of another pass over all K^2 pairs (about 15 s at K = N = 10,000 on 2 cores).
+GRAPH_NEIGHBOURS = 91
+
+
+@dataclass(frozen=True)
+class NeighbourGraph:
+    """The nearest models of every model (:func:`nearest_neighbours` of one Q), computed once.
+
+    ``idx``: K x m int64 neighbour rows, nearest first; ``two_kl``: K x m float64 estimated
+    2KL (nats per text). Its first k columns are exactly ``nearest_neighbours(Q, k)``.
+    """
+
+    idx: np.ndarray
+    two_kl: np.ndarray
+
+    @classmethod
+    def of(cls, Q: np.ndarray, k: int = GRAPH_NEIGHBOURS) -> NeighbourGraph:
+        return cls(*nearest_neighbours(Q, k))
+
+    def save(self, path: Path) -> Path:
+        """An uncompressed ``.npz`` (no pickle); the caller's folder is published whole."""
+        with open(path, "wb") as f:
+            np.savez(f, idx=self.idx, two_kl=self.two_kl)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> NeighbourGraph:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(np.asarray(z["idx"], dtype=np.int64), np.asarray(z["two_kl"]))
+
+
+def nearest(
+    Q: np.ndarray, k: int, graph: NeighbourGraph | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``nearest_neighbours(Q, k)``, read from ``graph`` (of this Q) when it holds k columns."""
+    k = min(k, Q.shape[0] - 1)
+    if graph is not None and graph.idx.shape[0] == Q.shape[0] and graph.idx.shape[1] >= k >= 0:
+        return graph.idx[:, :k], graph.two_kl[:, :k]
+    return nearest_neighbours(Q, k)
 
 
 def pair_table(

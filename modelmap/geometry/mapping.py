@@ -3,8 +3,8 @@
 Oyama et al. (ACL 2025, arXiv 2502.16173), figure 1: t-SNE of the rows of the double-centred
 matrix Q with scikit-learn (perplexity 30, ``init="pca"``, ``metric="sqeuclidean"``,
 ``random_state=42``). Here the same affinities (a Gaussian kernel on ``||q_i - q_j||^2``, i.e.
-on 2KL, over the ``3 * perplexity`` nearest models) are optimised with openTSNE, whose FFT
-gradients scale to 100,000 models.
+on 2KL, over the ``3 * perplexity`` nearest models) are optimised with openTSNE's Barnes-Hut
+gradients (scikit-learn's method too) on every core the process may use.
 
 A map users can learn does not move when models are added:
 
@@ -34,7 +34,8 @@ MAX_LABELLED_POINTS = 80
 PAPER_PERPLEXITY = 30.0
 #: Exact PCA (for the t-SNE initialisation) up to this many models, randomized above.
 MAX_MODELS_FULL_PCA = 3000
-#: openTSNE's FFT gradients from this many models, Barnes-Hut below.
+#: Placing new points against a fixed map: openTSNE's FFT gradients from this many mapped
+#: models, Barnes-Hut below.
 MIN_MODELS_FFT = 2000
 #: A re-embedding from a previous map: steps, and openTSNE's automatic learning rate (K for
 #: no exaggeration) divided by this.
@@ -73,23 +74,24 @@ def _pca_2d(Q: np.ndarray, seed: int = 42) -> np.ndarray:
     return xy
 
 
-def tsne_affinities(Q: np.ndarray, perplexity: float):
+def tsne_affinities(Q: np.ndarray, perplexity: float, graph=None):
     """t-SNE input affinities of the rows of Q from their exact nearest neighbours by 2KL.
 
     The ``3 * perplexity`` nearest models of each model (``kl.nearest_neighbours``, blocked,
-    no K x K matrix), a Gaussian kernel on ``||q_i - q_j||^2`` calibrated to the perplexity,
-    symmetrised and normalised to sum 1: scikit-learn's Barnes-Hut affinities (the paper's
+    no K x K matrix; read from ``graph``, a ``kl.NeighbourGraph`` of Q, when given), a
+    Gaussian kernel on ``||q_i - q_j||^2`` calibrated to the perplexity, symmetrised and
+    normalised to sum 1: scikit-learn's Barnes-Hut affinities (the paper's
     ``metric="sqeuclidean"`` passes squared distances to the same kernel).
 
     Returns an ``openTSNE.affinity.PrecomputedAffinities`` (sparse K x K).
     """
     from openTSNE.affinity import PrecomputedAffinities, joint_probabilities_nn
 
-    from modelmap.geometry.kl import nearest_neighbours
+    from modelmap.geometry.kl import nearest
 
     K = Q.shape[0]
     k = min(K - 1, int(3 * perplexity + 1))
-    idx, two_kl = nearest_neighbours(Q, k)
+    idx, two_kl = nearest(Q, k, graph)
     P = joint_probabilities_nn(
         idx,
         np.sqrt(two_kl),
@@ -101,13 +103,21 @@ def tsne_affinities(Q: np.ndarray, perplexity: float):
     return PrecomputedAffinities(P, normalize=False)
 
 
-def _tsne_2d(Q: np.ndarray, seed: int, init: np.ndarray | None = None) -> np.ndarray:
+def threads() -> int:
+    """Threads for t-SNE: the cores this process may run on, at most ``OMP_NUM_THREADS``
+    when that is set (test workers set 1: more OpenMP threads than cores spin)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cores or 1, int(limit) if limit.isdigit() and int(limit) > 0 else 1 << 30))
+
+
+def _tsne_2d(Q: np.ndarray, seed: int, init: np.ndarray | None = None, graph=None) -> np.ndarray:
     """The paper's t-SNE (perplexity ``min(30, (K - 1) / 3)``) with openTSNE's gradients.
 
-    openTSNE's FFT-accelerated interpolation (Linderman et al. 2019) for the repulsive
-    forces scales to 100,000 points where exact or Barnes-Hut gradients do not; below
-    :data:`MIN_MODELS_FFT` points Barnes-Hut is faster. One thread: the machines are
-    shared and small maps take well under a second anyway.
+    Barnes-Hut gradients (theta 0.5, as scikit-learn's), on :func:`threads` threads. Not
+    openTSNE's FFT interpolation: its PyPI wheels call numpy's FFT from Python at every step
+    (they are built without FFTW), which at K = N = 10,000 on 2 cores took 118 s against
+    20 s for Barnes-Hut (the same affinities and steps; the FFT's grid grows with the map).
 
     Args:
         init: K x 2 starting positions from a previous map, at the map's own scale. The
@@ -125,22 +135,25 @@ def _tsne_2d(Q: np.ndarray, seed: int, init: np.ndarray | None = None) -> np.nda
     fresh = init is None
     tsne = TSNE(
         n_components=2,
-        negative_gradient_method="fft" if K >= MIN_MODELS_FFT else "bh",
+        negative_gradient_method="bh",
         early_exaggeration_iter=250 if fresh else 0,
         # From a previous map: a short, gentle run settles the new points and lets the old
         # ones relax without drifting (measured on 400 models + 1%: median displacement 0.5%
         # of the map's diameter with openTSNE's automatic rate reduced 40-fold, 5% without).
         n_iter=500 if fresh else STABLE_ITERATIONS,
         learning_rate="auto" if fresh else max(K / STABLE_RATE_DIVISOR, 10.0),
-        n_jobs=1,
+        n_jobs=threads(),
         random_state=seed,
         verbose=False,
     )
-    embedding = tsne.fit(affinities=tsne_affinities(Q, tsne_perplexity(K)), initialization=start)
+    affinities = tsne_affinities(Q, tsne_perplexity(K), graph)
+    embedding = tsne.fit(affinities=affinities, initialization=start)
     return np.asarray(embedding, dtype=np.float64)
 
 
-def embed_2d(Q: np.ndarray, seed: int = 42, method: str = "auto") -> tuple[np.ndarray, str]:
+def embed_2d(
+    Q: np.ndarray, seed: int = 42, method: str = "auto", graph=None
+) -> tuple[np.ndarray, str]:
     """2-D coordinates of the K models from their rows of Q (K x N, nats).
 
     Args:
@@ -149,6 +162,7 @@ def embed_2d(Q: np.ndarray, seed: int = 42, method: str = "auto") -> tuple[np.nd
         method: ``"tsne"`` (the paper's t-SNE, perplexity ``min(30, (K - 1) / 3)``),
             ``"pca"`` (first two principal components), or ``"auto"``: t-SNE when
             K >= 8, else PCA.
+        graph: a ``kl.NeighbourGraph`` of Q (its nearest models), to skip that pass.
 
     Returns:
         ``(xy, method_used)``: K x 2 float64 coordinates (unitless for t-SNE, nats for PCA)
@@ -168,7 +182,7 @@ def embed_2d(Q: np.ndarray, seed: int = 42, method: str = "auto") -> tuple[np.nd
         return np.array([[-d / 2, 0.0], [d / 2, 0.0]]), "line"
     if method == "pca" or (method == "auto" and K < MIN_MODELS_FOR_TSNE):
         return _pca_2d(Q), "pca"
-    return _tsne_2d(Q, seed), "tsne"
+    return _tsne_2d(Q, seed, graph=graph), "tsne"
 
 
 def align_to(xy: np.ndarray, reference: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -280,6 +294,7 @@ def embed_stable(
     previous_xy: np.ndarray,
     previous_rows: np.ndarray,
     seed: int = 42,
+    graph=None,
 ) -> np.ndarray:
     """Re-embed all K models so that those already on the previous map stay where they were.
 
@@ -291,6 +306,7 @@ def embed_stable(
         Q: K x N double-centred matrix (nats), K >= :data:`MIN_MODELS_FOR_TSNE`.
         previous_xy: m x 2 previous positions.
         previous_rows: (m,) row index in Q of each previous position (m >= 3).
+        graph: a ``kl.NeighbourGraph`` of Q, to skip the nearest-model pass.
 
     Returns:
         K x 2 float64.
@@ -301,14 +317,14 @@ def embed_stable(
     previous_rows = np.asarray(previous_rows, dtype=np.int64)
     previous_xy = np.asarray(previous_xy, dtype=np.float64)
     if len(previous_rows) < 3 or K < MIN_MODELS_FOR_TSNE:
-        return _tsne_2d(Q, seed)
+        return _tsne_2d(Q, seed, graph=graph)
     init = np.empty((K, 2), dtype=np.float64)
     init[previous_rows] = previous_xy
     new_rows = np.setdiff1d(np.arange(K), previous_rows)
     if len(new_rows):
         d = two_kl_to_rows(np.asarray(Q)[previous_rows], np.asarray(Q)[new_rows])
         init[new_rows] = place_on_map(previous_xy, d)
-    xy = _tsne_2d(Q, seed, init=init)
+    xy = _tsne_2d(Q, seed, init=init, graph=graph)
     return align_to(xy, previous_xy, previous_rows)
 
 

@@ -52,6 +52,7 @@ models stay its real relatives.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from modelmap.geometry.kl import nearest_neighbours
+from modelmap.geometry.kl import NeighbourGraph, nearest
 from modelmap.reports.leakage import DEFAULT_Z_THRESHOLD, _robust_scale
 from modelmap.storage import write_atomic
 
@@ -96,6 +97,7 @@ def choose_relatives(
     *,
     max_relatives: int = DEFAULT_MAX_RELATIVES,
     map_relatives: int = DEFAULT_MAP_RELATIVES,
+    graph: NeighbourGraph | None = None,
 ) -> tuple[list[np.ndarray], list[str]]:
     """Each model's relatives (row indices) and where they came from ("lineage" or "map").
 
@@ -106,6 +108,7 @@ def choose_relatives(
         max_relatives: at most this many lineage members, the nearest on Q first.
         map_relatives: without a lineage of at least two other members, this many nearest
             models on Q.
+        graph: the nearest models of Q (`coordinates` keeps them), instead of a K^2 pass.
     """
     K = len(keys)
     row = {k: i for i, k in enumerate(keys)}
@@ -122,14 +125,24 @@ def choose_relatives(
             parent[find(row[a])] = find(row[b])
     comp = np.array([find(i) for i in range(K)])
     order_k = min(K - 1, max(max_relatives, map_relatives))
-    idx, _ = nearest_neighbours(Q, order_k) if order_k > 0 else (np.zeros((K, 0), int), None)
+    idx, _ = nearest(Q, order_k, graph) if order_k > 0 else (np.zeros((K, 0), int), None)
+    # Members of each lineage, grouped once (a scan of all K per model is K^2).
+    order = np.argsort(comp, kind="stable")
+    starts = np.searchsorted(comp[order], comp[order], side="left")
+    ends = np.searchsorted(comp[order], comp[order], side="right")
+    lineage_of = np.empty(K, dtype=object)
+    for pos, i in enumerate(order):
+        lineage_of[i] = order[starts[pos] : ends[pos]]
     relatives, sources = [], []
     for i in range(K):
-        members = np.flatnonzero((comp == comp[i]) & (np.arange(K) != i))
+        members = lineage_of[i][lineage_of[i] != i]
         if len(members) >= 2:
-            near = [j for j in idx[i] if comp[j] == comp[i]]
-            rest = [j for j in members if j not in set(near)]  # beyond the listed neighbours
-            relatives.append(np.array((near + rest)[:max_relatives], dtype=np.int64))
+            near = [int(j) for j in idx[i] if comp[j] == comp[i]][:max_relatives]
+            listed = set(near)
+            # Beyond the listed neighbours, in row order (only as many as still wanted).
+            rest = (int(j) for j in members if int(j) not in listed)
+            chosen = near + list(itertools.islice(rest, max_relatives - len(near)))
+            relatives.append(np.array(chosen, dtype=np.int64))
             sources.append("lineage")
         else:
             relatives.append(np.array(idx[i, :map_relatives], dtype=np.int64))
@@ -137,13 +150,40 @@ def choose_relatives(
     return relatives, sources
 
 
-def _gain(Y: np.ndarray, relatives: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-text gain over the median of the relatives (K x N, same units as Y)."""
+def _gain(
+    Y: np.ndarray, relatives: Sequence[np.ndarray], block_values: int = 4_000_000
+) -> np.ndarray:
+    """Per-text gain over the median of the relatives (K x N, same units as Y).
+
+    Models with the same number of relatives are stacked and their medians taken together
+    (:func:`_median_over_relatives`; a ``np.nanmedian`` per model cost ~3 ms each, minutes at
+    K = 10,000). NaN (a model scored without twins) is skipped as in ``np.nanmedian``."""
+    K, N = Y.shape
     G = np.full(Y.shape, np.nan)
+    by_size: dict[int, list[int]] = {}
     for i, rel in enumerate(relatives):
         if len(rel):
-            G[i] = Y[i] - np.nanmedian(Y[rel], axis=0)
+            by_size.setdefault(len(rel), []).append(i)
+    for r, models in by_size.items():
+        step = max(1, block_values // max(1, r * N))
+        for start in range(0, len(models), step):
+            rows = np.array(models[start : start + step])
+            stacked = Y[np.stack([relatives[i] for i in rows])]  # block x r x N
+            G[rows] = Y[rows] - _median_over_relatives(stacked)
     return G
+
+
+def _median_over_relatives(stacked: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(stacked, axis=1)`` (NaN where a whole column is NaN), 3x faster: the
+    short relatives axis is made contiguous and sorted, NaN last, and the middle taken."""
+    y = np.ascontiguousarray(stacked.transpose(0, 2, 1))  # block x N x r
+    y.sort(axis=-1)
+    count = (~np.isnan(y)).sum(axis=-1)
+    low = np.take_along_axis(y, np.maximum(count - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+    high = np.take_along_axis(y, (count // 2)[..., None], axis=-1)[..., 0]
+    median = (low + high) / 2
+    median[count == 0] = np.nan
+    return median
 
 
 def _domain_means(G: np.ndarray, domains: np.ndarray, names: Sequence[str]) -> np.ndarray:

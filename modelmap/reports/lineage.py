@@ -52,8 +52,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from modelmap.geometry import kl
 from modelmap.geometry.intervals import normal_interval
-from modelmap.geometry.kl import nats_per_text_to_bits_per_byte, nearest_neighbours
+from modelmap.geometry.kl import NeighbourGraph, nats_per_text_to_bits_per_byte
 from modelmap.storage import write_atomic
 
 #: Fallback band in bits/byte when it can neither be configured nor measured (see README).
@@ -148,7 +149,11 @@ def _components(keys: Sequence[str], declared: Mapping[str, Sequence[str]]) -> d
 
 
 def measured_band(
-    Q: np.ndarray, keys: Sequence[str], declared: Mapping[str, Sequence[str]], mean_bytes: float
+    Q: np.ndarray,
+    keys: Sequence[str],
+    declared: Mapping[str, Sequence[str]],
+    mean_bytes: float,
+    graph: NeighbourGraph | None = None,
 ) -> float | None:
     """The fine-tune band (bits/byte) measured on the map, or None when nothing supports it.
 
@@ -163,7 +168,7 @@ def measured_band(
     K = len(keys)
     if K < 3:
         return None
-    idx, _ = nearest_neighbours(Q, 2)
+    idx, _ = kl.nearest(Q, 2, graph)
     a, b = [], []
     for key, bases in declared.items():
         for base in bases:
@@ -203,6 +208,7 @@ def check_lineage(
     band_bits_per_byte: float | None = None,
     neighbours: int = DEFAULT_NEIGHBOURS,
     interval: Interval | None = pair_intervals,
+    graph: NeighbourGraph | None = None,
 ) -> LineageReport:
     """Check every model's declared bases against the map; see the module docstring.
 
@@ -216,6 +222,7 @@ def check_lineage(
             :data:`DEFAULT_BAND_BITS_PER_BYTE`.
         neighbours: how many nearest models to list and rank the declared base among.
         interval: 2KL interval function (see the module docstring); None: no intervals.
+        graph: the nearest models of Q (`coordinates` keeps them), instead of a K^2 pass.
     """
     keys = list(keys)
     K = len(keys)
@@ -226,14 +233,14 @@ def check_lineage(
 
     if band_bits_per_byte is not None:
         band, source = float(band_bits_per_byte), "configured"
-    elif (band := measured_band(Q, keys, declared, mean_bytes)) is not None:
+    elif (band := measured_band(Q, keys, declared, mean_bytes, graph)) is not None:
         source = "measured"
     else:
         band, source = DEFAULT_BAND_BITS_PER_BYTE, "default"
 
     k = min(neighbours, K - 1)
     if k > 0:
-        idx, nn_nats = nearest_neighbours(Q, k)
+        idx, nn_nats = kl.nearest(Q, k, graph)
     else:
         idx, nn_nats = np.zeros((K, 0), dtype=np.int64), np.zeros((K, 0))
     nn_bpb = nats_per_text_to_bits_per_byte(nn_nats, mean_bytes)
