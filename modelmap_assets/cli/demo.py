@@ -182,18 +182,32 @@ def run_demo(
                 stages.append(("full zoo", full_zoo))
             if smollm and not small_only:
                 stages.append(("SmolLM2", lambda: publish_smollm(hub_root, cache, smollm)))
+
+            def show_map(i: int, scored: list[str]) -> None:
+                n = wait_for_map(instance, scored, data, timeout_s=600) if scored else 0
+                what = "first map" if i == 0 else "map"
+                log(f"{what}: {n} models ({data / 'model_map' / 'map.html'})")
+
+            deferred = None
             for i, (name, publish) in enumerate(stages):
                 keys = publish()
                 log(f"{name}: published {len(keys)} models to the local Hub")
                 if i == 0:
                     set_sensor(platform.url, "hub_models_sensor", running=True)
                     log("hub_models_sensor turned on (Automation in the UI)")
+                if deferred is not None:  # its refresh overlaps these models' first runs
+                    show_map(*deferred)
+                    deferred = None
                 outcomes = wait_for_models(instance, keys, log, timeout_s=3600)
                 failed |= {k: "see its run in the UI" for k, v in outcomes.items() if v == "failed"}
                 scored = [k for k, v in outcomes.items() if v == "scored"]
-                n = wait_for_map(instance, scored, data, timeout_s=600) if scored else 0
-                what = "first map" if i == 0 else "map"
-                log(f"{what}: {n} models ({data / 'model_map' / 'map.html'})")
+                # The first map is shown at once; a later one is awaited after the next stage
+                # is published (when that is quick: not the zoo's minutes of training), so the
+                # daemon scores the next models while the map refreshes.
+                if 0 < i < len(stages) - 1:
+                    deferred = (i, scored)
+                else:
+                    show_map(i, scored)
         finally:
             try:
                 set_sensor(platform.url, "hub_models_sensor", running=False)
@@ -212,8 +226,13 @@ def port_in_use(port: int) -> bool:
 
 
 def publish_smollm(hub_root: Path, cache: Path, keys: Sequence[str]) -> list[str]:
-    from workshop.hub_server import publish_zoo
-    from workshop.smollm import build_smollm_family
+    from workshop.hub_server import publish, publish_zoo
+    from workshop.smollm import BASE_KEY, FAMILY, build_smollm_family, smollm2_folder
 
+    if set(keys) <= {BASE_KEY}:
+        # The real model alone (the default): its folder is published as it is, without
+        # building the three derived from it (two noisy copies and a 135M fine-tune: minutes).
+        publish(hub_root, BASE_KEY, smollm2_folder(cache), tags=[f"family:{FAMILY}", "role:base"])
+        return [BASE_KEY]
     family = build_smollm_family(cache, log=lambda s: None)
     return publish_zoo(hub_root, family, only=set(keys))
