@@ -19,6 +19,13 @@ architecture (bases of two zoos, ``--extra-dir``); another architecture.
     PYTHONPATH=. .venv/bin/python scripts/measure_kl_regime.py \\
         --zoo SMALL_ZOO --extra-dir .cache/modelmap/zoo/zoo --n-texts 300 \\
         --scores /tmp/zoo_scores.npz --out benchmarks/kl_regime.json
+
+The SmolLM2 family (`workshop.smollm.build_smollm_family`: the real 135M model, its 20-step
+fine-tune; the noisy copies are made here again):
+
+    PYTHONPATH=. .venv/bin/python scripts/measure_kl_regime.py \\
+        --zoo .cache/modelmap/smollm2 --skip-role noise --n-texts 200 --samples 8 \\
+        --scores /tmp/smollm_scores.npz --out benchmarks/kl_regime_smollm2.json
 """
 
 from __future__ import annotations
@@ -134,6 +141,13 @@ def main() -> None:
     ap.add_argument("--zoo-prefix", default="small")
     ap.add_argument("--extra-prefix", default="demo")
     ap.add_argument("--noise", type=float, nargs="*", default=[0.001, 0.01])
+    ap.add_argument(
+        "--skip-role",
+        action="append",
+        default=[],
+        help="registry roles left out (e.g. noise: the SmolLM2 family's own noisy copies, "
+        "which --noise makes again)",
+    )
     ap.add_argument("--n-texts", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--length", type=int, default=256)
@@ -154,6 +168,7 @@ def main() -> None:
             renamed(m.key), m.local_path(args.zoo), m.role, m.family, renamed(m.base_model), m.alpha
         )
         for m in load_registry(args.zoo)
+        if m.role not in args.skip_role
     ]
     for folder in args.extra_dir or []:
         # Model folders without a registry (e.g. a second zoo's family): name-{base,ft-*}.
