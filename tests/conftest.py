@@ -29,14 +29,14 @@ def zoo_dir() -> Path:
     """The tests' zoo cache, beside the demo's (`<cache>/zoo`): trained once, then reused as
     long as its content hash (spec and training text) is the same."""
     cache = Path(os.environ.get("MODELMAP_CACHE", REPO / ".cache" / "modelmap"))
-    return cache / "zoo-test"
+    return cache / "zoo-compact"
 
 
 @pytest.fixture(scope="session")
 def zoo():
     """(folder, registry entries) of the tests' zoo: the full zoo's members (three
     architectures, fine-tunes, the interpolation series, the leaked model), smaller and
-    trained shorter (`ZooSpec.test`), trained on first use."""
+    trained shorter (`ZooSpec.compact`, the demo's), trained on first use."""
     from filelock import FileLock
 
     from workshop.zoo import ZooSpec, build_zoo
@@ -47,7 +47,7 @@ def zoo():
     with FileLock(str(folder) + ".lock"):
         models = build_zoo(
             folder,
-            spec=ZooSpec.test(),
+            spec=ZooSpec.compact(),
             log=lambda s: print(s, flush=True),
             threads=1 if XDIST_WORKER else None,
         )

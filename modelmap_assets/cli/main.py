@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -160,15 +161,20 @@ def backfill(
 
 
 def wait_for_refresh(
-    instance: dg.DagsterInstance, since: float, timeout_s: float, poll_s: float = 5
+    instance: dg.DagsterInstance,
+    since: float,
+    timeout_s: float,
+    poll_s: float = 5,
+    assets: Sequence = tuple(DOWNSTREAM),
 ) -> list[str]:
-    """Wait until every asset over all models has been materialized after `since` (automation
-    refreshes them together, in one run); returns those still not refreshed at `timeout_s`."""
+    """Wait until `assets` (by default every asset over all models; automation refreshes them
+    together) have been materialized after `since`; returns those still not refreshed at
+    `timeout_s`."""
     deadline = time.time() + max(timeout_s, 0)
     while True:
         stale = [
             a.key.to_user_string()
-            for a in DOWNSTREAM
+            for a in assets
             if not (event := instance.get_latest_materialization_event(a.key))
             or event.timestamp < since
         ]
