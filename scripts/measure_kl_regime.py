@@ -81,6 +81,9 @@ def sample_sequences(model, tokenizer, n: int, length: int, seed: int) -> torch.
     with torch.no_grad():
         out = model.generate(
             x,
+            # Explicit: with the pad id set to the start token, generate would otherwise take
+            # the start token for padding and mask it out.
+            attention_mask=torch.ones_like(x),
             do_sample=True,
             max_new_tokens=length,
             min_new_tokens=length,
