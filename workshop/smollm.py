@@ -174,7 +174,7 @@ def build_smollm_family(cache_dir: str | Path | None = None, log=print) -> Path:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = cache / FAMILY_DIR
     registry = out / REGISTRY_NAME
-    version = f"{GGUF_NAME}:{NOISE_SCALES}:{FINETUNE_DOMAIN}:{FINETUNE_STEPS}:{FINETUNE_LR}"
+    version = f"{GGUF_NAME}:{NOISE_SCALES}:{FINETUNE_DOMAIN}:{FINETUNE_STEPS}:{FINETUNE_LR}:base"
     if registry.is_file() and json.loads(registry.read_text()).get("build") == version:
         return out
     t0 = time.time()
@@ -195,6 +195,8 @@ def build_smollm_family(cache_dir: str | Path | None = None, log=print) -> Path:
             n_params=n_params,
             context_length=int(base.config.max_position_embeddings),
             vocab_size=int(base.config.vocab_size),
+            # The derived models declare the real one as their base (as a Hub card would).
+            base_model=None if key == BASE_KEY else BASE_KEY,
         ).__dict__
 
     entries = []
