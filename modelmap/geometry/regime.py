@@ -32,11 +32,16 @@ def mark_kl_regime(table: pl.DataFrame, max_bits_per_byte: float) -> pl.DataFram
 #: The zoo rows come from ``scripts/measure_kl_regime.py`` (README, "A scale to read
 #: distances by"); the paper rows from the KL-scale paper (arXiv 2505.15353), real models.
 SCALE_BANDS: list[tuple[str, float, float, str]] = [
-    ("the same model in bfloat16 vs float32", 6.4e-7, 2.3e-5, "zoo"),
-    ("weight noise, 1% of each tensor's sd", 3.6e-6, 1.2e-4, "zoo"),
-    ("weight noise, 10% of each tensor's sd", 3.6e-4, 7.0e-4, "zoo"),
-    ("a 30-step fine-tune vs its base (outside the KL regime)", 0.017, 1.6, "zoo"),
+    ("the same model in bfloat16 vs float32", 6.4e-7, 4.6e-5, "zoo"),
+    ("the same model in bfloat16 vs float32", 1.3e-3, 1.3e-3, "SmolLM2-135M"),
+    ("weight noise, 0.1% of each tensor's sd", 2.4e-6, 3.2e-6, "zoo"),
+    ("weight noise, 0.1% of each tensor's sd", 6.3e-5, 6.3e-5, "SmolLM2-135M"),
+    ("weight noise, 1% of each tensor's sd", 3.6e-6, 3.2e-4, "zoo"),
+    ("weight noise, 1% of each tensor's sd", 6.3e-3, 6.3e-3, "SmolLM2-135M"),
+    ("a short fine-tune vs its base (outside the KL regime)", 0.017, 2.0, "zoo"),
+    ("a 20-step fine-tune vs its base (outside the KL regime)", 0.63, 0.63, "SmolLM2-135M"),
     ("another base of the same architecture (outside the KL regime)", 124.0, 124.0, "zoo"),
+    ("another architecture (outside the KL regime)", 0.6, 124.0, "zoo"),
     ("consecutive checkpoints", 0.02, 0.07, "paper"),
     ("different random seeds", 0.1, 0.1, "paper"),
     ("different model sizes", 0.3, 2.0, "paper"),
