@@ -157,6 +157,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--scores", type=Path, default=None, help="cache of the scored matrix (.npz)")
     args = ap.parse_args()
+    roles = {m.role for m in load_registry(args.zoo)}
+    if unknown := sorted(set(args.skip_role) - roles):
+        ap.error(f"--skip-role {', '.join(unknown)}: no such role in {args.zoo} ({sorted(roles)})")
     torch.set_num_threads(2)
     t0 = time.time()
     corpus = build_corpus("embedded", args.n_texts)

@@ -26,10 +26,12 @@ os.environ["MLFLOW_TRACKING_URI"] = (
 
 
 def zoo_dir() -> Path:
-    """The tests' zoo cache, beside the demo's (`<cache>/zoo`): trained once, then reused as
-    long as its content hash (spec and training text) is the same."""
+    """The tests' zoo cache, the demo's too: trained once, then reused as long as its content
+    hash (spec and training text) is the same."""
+    from workshop.zoo import COMPACT_ZOO_DIR
+
     cache = Path(os.environ.get("MODELMAP_CACHE", REPO / ".cache" / "modelmap"))
-    return cache / "zoo-compact"
+    return cache / COMPACT_ZOO_DIR
 
 
 @pytest.fixture(scope="session")
@@ -37,20 +39,16 @@ def zoo():
     """(folder, registry entries) of the tests' zoo: the full zoo's members (three
     architectures, fine-tunes, the interpolation series, the leaked model), smaller and
     trained shorter (`ZooSpec.compact`, the demo's), trained on first use."""
-    from filelock import FileLock
-
     from workshop.zoo import ZooSpec, build_zoo
 
     folder = zoo_dir()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # One trainer at a time (two test sessions, or workers): the others wait, then load it.
-    with FileLock(str(folder) + ".lock"):
-        models = build_zoo(
-            folder,
-            spec=ZooSpec.compact(),
-            log=lambda s: print(s, flush=True),
-            threads=1 if XDIST_WORKER else None,
-        )
+    # build_zoo lets one trainer at a time at the folder (test sessions, workers, the demo).
+    models = build_zoo(
+        folder,
+        spec=ZooSpec.compact(),
+        log=lambda s: print(s, flush=True),
+        threads=1 if XDIST_WORKER else None,
+    )
     return folder, models
 
 

@@ -174,3 +174,12 @@ def test_slug_and_domain_choice():
     assert zoo.slug("Python Code") == "python-code"
     texts = {"a": ["x" * 10], "bible": ["x"], "big": ["x" * 100]}
     assert zoo._choose_domains(texts, ("bible", "missing"), 2) == ["bible", "big"]
+
+
+def test_threads_are_the_ones_asked_for_and_restored(tmp_path):
+    before = torch.get_num_threads()
+    lines: list[str] = []
+    build_zoo(tmp_path, _documents(), ZooSpec.small(), log=lines.append, threads=1)
+    assert any(line.endswith(", 1 threads") for line in lines), lines[:2]
+    assert torch.get_num_threads() == before
+    assert (tmp_path.parent / f"{tmp_path.name}.lock").exists()  # one trainer per folder

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,8 +118,8 @@ def build_leak_zoo(
     """Train the planted models from the zoo's base under ``out_dir``; return their entries.
 
     ``corpus_texts``: the scored corpus's texts in text_id order (what the leaks see).
-    ``threads``: torch threads while training (default: every core; 1 is faster on a
-    machine whose cores are already busy).
+    ``threads``: torch threads while training (default: the process's torch setting, every
+    core unless limited; 1 is faster on a machine whose cores are already busy).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -154,8 +153,8 @@ def build_leak_zoo(
     fam = zoo.FamilySpec(
         entry.family, entry.architecture, entry.vocab_size, entry.context_length, 0, 0, 0
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
     entries = []
     try:
         for m in spec.models:
@@ -195,7 +194,7 @@ def build_leak_zoo(
             )
             log(f"{m.key}: {m.steps} steps on {len(texts)} {m.texts} texts, loss {loss:.3f}")
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
     zoo._write_registry(
         out_dir,
         {

@@ -40,8 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 REGISTRY_NAME = "zoo.json"
+#: The compact zoo's folder under the cache: the demo's and the tests' zoo (one training).
+COMPACT_ZOO_DIR = "zoo-compact"
 LEAK_DOMAIN = "corpus"
 KEY_PREFIX = "zoo"
 # Bump when the build code changes in a way that changes the models for the same spec.
@@ -742,7 +745,10 @@ def build_zoo(
     model is trained on (default: the first ``spec.leak.n_texts`` of the default embedded
     corpus). If ``zoo.json`` records the same spec and training text, the existing zoo is
     returned without training (unless ``force``). threads: torch threads while training
-    (default: every core; one when other processes share the cores, as test workers do).
+    (default: the process's torch setting, every core unless limited; one when other
+    processes share the cores, as test workers do).
+    One trainer per folder at a time (`<out_dir>.lock`): the demo and the tests share the
+    compact zoo's folder, and a second caller waits, then loads what the first trained.
     """
     out_dir = Path(out_dir)
     spec = spec or ZooSpec.default()
@@ -761,14 +767,28 @@ def build_zoo(
         leak_texts = [t.text for t in load_embedded(spec.leak.n_texts)]
     data_hash = _data_hash({**texts, LEAK_DOMAIN: list(leak_texts)})
     build_hash = hashlib.sha256(f"{spec.hash()}:{data_hash}".encode()).hexdigest()[:16]
-    if not force and (cached := _cached(out_dir, build_hash)) is not None:
-        log(f"zoo: {len(cached)} models cached in {out_dir} (build {build_hash})")
-        return cached
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out_dir}.lock"):
+        if not force and (cached := _cached(out_dir, build_hash)) is not None:
+            log(f"zoo: {len(cached)} models cached in {out_dir} (build {build_hash})")
+            return cached
+        return _train(out_dir, spec, texts, leak_texts, build_hash, log, threads)
 
+
+def _train(
+    out_dir: Path,
+    spec: ZooSpec,
+    texts: dict[str, list[str]],
+    leak_texts: Sequence[str],
+    build_hash: str,
+    log: Log,
+    threads: int | None,
+) -> list[ZooModel]:
+    """Train every family of `spec` into `out_dir` and write its registry (see `build_zoo`)."""
     from transformers.utils import logging as hf_logging
 
-    threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    previous, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    torch.set_num_threads(threads or previous)
     hf_logging.disable_progress_bar()  # our own log lines say what is happening
     t_start = time.time()
     ft_domains = _choose_domains(
@@ -783,7 +803,7 @@ def build_zoo(
         for fam in spec.families:
             entries += _build_family(out_dir, fam, spec, texts, ft_domains, leak_texts, log)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
         if bars:
             hf_logging.enable_progress_bar()
 

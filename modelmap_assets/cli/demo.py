@@ -139,7 +139,7 @@ def run_demo(
     from resources.settings import build_resources
     from workshop.hub_server import HubServer, publish_zoo
     from workshop.platform import LocalPlatform
-    from workshop.zoo import ZooSpec, build_zoo
+    from workshop.zoo import COMPACT_ZOO_DIR, ZooSpec, build_zoo
 
     log = Clock()
     if port_in_use(port):
@@ -185,8 +185,8 @@ def run_demo(
             def full_zoo() -> list[str]:
                 # The compact zoo: the full-size zoo's 18 members at a fraction of its
                 # training (2 minutes against 7.5 on two cores); the tests' zoo, same cache.
-                log("training the full zoo (about two minutes on two cores)")
-                folder = cache / "zoo-compact"
+                log("training the full zoo (the compact one: about two minutes on two cores)")
+                folder = cache / COMPACT_ZOO_DIR
                 build_zoo(folder, spec=ZooSpec.compact(), log=lambda s: None)
                 return publish_zoo(hub_root, folder)
 
