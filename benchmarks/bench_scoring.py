@@ -427,6 +427,7 @@ def precision_study(zoo_dir: Path, zoo, texts: list[str], log) -> dict:
             lambda m, dtype=dtype: load_causal_lm(
                 m.key, zoo_dir / m.path, device="cpu", dtype=dtype
             ),
+            ahead=0,  # on a CPU a background load slows scoring (`modelmap.scoring.prefetch`)
         )
         rows = []
         for job in jobs:

@@ -15,6 +15,7 @@ from modelmap_assets.automation.sensors import (
 from modelmap_assets.corpus import corpus
 from modelmap_assets.geometry.assets import coordinates, kl_table, model_map
 from modelmap_assets.geometry.budget import text_selection
+from modelmap_assets.instance import pool_wait
 from modelmap_assets.reports import (
     benchmark_scores,
     leakage_report,
@@ -23,6 +24,9 @@ from modelmap_assets.reports import (
 )
 from modelmap_assets.scoring.assets import likelihood
 from resources.settings import build_resources, code_location_setting, interval_setting
+
+# A run waiting for the `gpu` slot sleeps instead of spinning on a core (a Dagster bug).
+pool_wait.patch()
 
 # Per model (a run scores one model or a batch) and over all models (refreshed by automation).
 PER_MODEL = [likelihood, benchmark_scores]

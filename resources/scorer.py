@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from modelmap.scoring.engine import Progress, ScoreResult, score_texts
-from modelmap.scoring.loading import LoadedModel, load_causal_lm
+from modelmap.scoring.loading import LoadedModel, load_causal_lm, resolve_device
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -43,6 +43,12 @@ class ScorerResource(dg.ConfigurableResource):
     stride: int | None = None  # sliding-window stride; default half the context
     max_context: int | None = None  # cap on the model's context length
     progress_every_s: float = 10.0
+    prefetch: bool | None = Field(
+        default=None,
+        description="load a batch's next model while the current one scores; none: on CUDA "
+        "only (on a CPU the load competes with scoring for the cores: `modelmap.scoring."
+        "prefetch`)",
+    )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Import the model-loading libraries when the run starts, not inside the scoring step:
@@ -50,6 +56,12 @@ class ScorerResource(dg.ConfigurableResource):
         import transformers
 
         transformers.AutoModelForCausalLM, transformers.AutoTokenizer  # noqa: B018
+
+    def loads_ahead(self) -> int:
+        """Models a batch loads in advance: 1 with prefetching, else 0 (each in turn)."""
+        if self.prefetch is not None:
+            return int(self.prefetch)
+        return int(resolve_device(self.device).type == "cuda")
 
     def load(
         self,
@@ -79,8 +91,12 @@ class ScorerResource(dg.ConfigurableResource):
         last = [0.0]
 
         def report(p: Progress) -> None:
-            # One line every `progress_every_s` seconds and at the end, not one per batch.
-            if p.windows_done == p.windows_total or p.elapsed_s - last[0] >= self.progress_every_s:
+            # One line every `progress_every_s` seconds, and at the end of a call that logged
+            # before; not one per batch. A shorter call logs nothing: its caller reports the
+            # model's tokens/s once (in a batch of small models each log line is an event
+            # written to the run's storage, more time than the scoring itself).
+            done = p.windows_done == p.windows_total
+            if p.elapsed_s - last[0] >= self.progress_every_s or (done and last[0] > 0):
                 last[0] = p.elapsed_s
                 log(f"{loaded.key}: {p}")
 

@@ -109,6 +109,34 @@ def test_measured_band_lies_between_fine_tunes_and_families():
     assert band < bpb[fam[:, None] != fam[None, :]].min()
 
 
+def test_far_groups_do_not_widen_the_band_over_two_near_families():
+    """Two families whose bases are three fine-tunes apart, among four far families (the demo's
+    map: a zoo of tiny models, a zoo of small ones, a pretrained family). Most pairs between
+    lineages are far, so the middle of the gap to them would take in the two near bases."""
+    rng = np.random.default_rng(1)
+    n_texts, keys, rows, declared = 400, [], [], {}
+    near_a = rng.normal(scale=3.0, size=n_texts)
+    bases = {
+        "a": near_a,
+        "b": near_a + rng.normal(scale=0.52, size=n_texts),  # 2KL ~3x a fine-tune's
+        **{f: rng.normal(scale=3.0, size=n_texts) for f in ("c", "d", "e", "f")},
+    }
+    for fam, base in bases.items():
+        keys.append(f"{fam}/base")
+        rows.append(base)
+        for n in range(3):
+            keys.append(f"{fam}/ft{n}")
+            rows.append(base + rng.normal(scale=0.3, size=n_texts))
+            declared[f"{fam}/ft{n}"] = [f"{fam}/base"]
+    Q = double_centre(np.stack(rows) - 300.0)
+    rep = check_lineage(Q, keys, declared, MEAN_BYTES)
+    assert rep.flagged == []
+    two_kl = ((Q[:, None, :] - Q[None, :, :]) ** 2).mean(axis=2) / (MEAN_BYTES * np.log(2))
+    fam = np.array([k[0] for k in keys])
+    a_to_b = two_kl[np.ix_(fam == "a", fam == "b")].min()
+    assert rep.pairs["two_kl_bits_per_byte"].max() < rep.band_bits_per_byte < a_to_b
+
+
 def test_lineage_png(tmp_path):
     Q, keys, declared = synthetic_map()
     rep = check_lineage(Q, keys, {**declared, "a/ft0": ["b/base"]}, MEAN_BYTES)

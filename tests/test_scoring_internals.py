@@ -14,6 +14,7 @@ from modelmap.scoring.engine import (
     tokenizer_fingerprint,
 )
 from modelmap.scoring.prefetch import prefetched
+from resources.scorer import ScorerResource
 
 
 def test_batch_arrays_match_a_plain_loop():
@@ -87,3 +88,29 @@ def test_prefetch_overlaps_loading_and_keeps_errors_per_item():
     assert elapsed < 0.75  # 4 loads + 4 scorings of 0.1 s each would take 0.8 s in series
     with pytest.raises(ValueError, match="broken model"):
         next(job for job in prefetched([1], load)).get()
+
+
+def test_loading_in_turn_stays_in_the_callers_thread_and_keeps_errors_per_item():
+    threads, order = [], []
+
+    def load(i):
+        threads.append(threading.current_thread().name)
+        order.append(("load", i))
+        if i == 1:
+            raise ValueError("broken model")
+        return i * 10
+
+    seen = []
+    for job in prefetched(range(3), load, ahead=0):
+        order.append(("use", job.item))
+        seen.append((job.item, job.value, type(job.error).__name__ if job.error else None))
+    assert seen == [(0, 0, None), (1, None, "ValueError"), (2, 20, None)]
+    assert set(threads) == {threading.current_thread().name}
+    # Nothing loads before the item before it is used: one model in memory at a time.
+    assert order == [("load", 0), ("use", 0), ("load", 1), ("use", 1), ("load", 2), ("use", 2)]
+
+
+def test_the_scorer_loads_ahead_on_cuda_only_unless_told():
+    assert ScorerResource(device="cpu").loads_ahead() == 0
+    assert ScorerResource(device="cpu", prefetch=True).loads_ahead() == 1
+    assert ScorerResource(device="auto", prefetch=False).loads_ahead() == 0

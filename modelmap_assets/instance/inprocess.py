@@ -27,6 +27,7 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 from dagster._utils import interrupts
 
 from modelmap.storage import host_id
+from modelmap_assets.instance import pool_wait
 
 PROCESS_HOST_TAG = "modelmap/process_host"
 PROCESS_PID_TAG = "modelmap/process_pid"
@@ -112,6 +113,7 @@ def _stop_on_untaken_interrupt(instance: dg.DagsterInstance):
 def materialize_here(assets, *, instance: dg.DagsterInstance, tags=None, **kwargs):
     """`dg.materialize` in this process, with dead runs of this host failed first, this
     process recorded on the run, and Ctrl-C honoured while the run waits for a slot."""
+    pool_wait.patch()  # a run waiting for its slot sleeps (also done by the code location)
     ended = fail_dead_runs(instance)
     if ended:
         print(f"marked {len(ended)} dead run(s) failed and freed their slots: {ended}")

@@ -86,8 +86,13 @@ def prefetched_models(
     model_source: ModelSourceResource,
     hub: HubResource,
 ) -> Iterator[Prefetched]:
-    """The run's models in order, the next one loading while the caller scores the current."""
-    return prefetched(keys, lambda key: load_model(context, key, scorer, model_source, hub))
+    """The run's models in order; on CUDA the next one loads while the caller scores the
+    current (`ScorerResource.loads_ahead`)."""
+    return prefetched(
+        keys,
+        lambda key: load_model(context, key, scorer, model_source, hub),
+        ahead=scorer.loads_ahead(),
+    )
 
 
 def read_corpus_or_fail(storage: StorageResource) -> tuple[pl.DataFrame, dict]:
