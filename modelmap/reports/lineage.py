@@ -61,9 +61,9 @@ from modelmap.storage import write_atomic
 DEFAULT_BAND_BITS_PER_BYTE = 0.1
 #: The band is at most this many times the fine-tune distance (90th percentile of the declared
 #: pairs the map supports): a fine-tune half as far again as nine in ten of the map's own is
-#: still one. The measured maps (README, "Lineage") put unrelated models' nearest pairs at
-#: 1.7x (the tests' zoo: Llama and NeoX bases, 3.7 bits/byte, against fine-tunes to 2.2) and
-#: 2.3x (the demo's map: 3.8 against 1.65).
+#: still one. On the measured maps (README, "Lineage") the nearest unrelated models lie 2.1x
+#: the fine-tune distance away (the tests' zoo: Llama and NeoX, 3.5 bits/byte, against 1.7)
+#: and 2.3x (the demo's map: 3.8 against 1.65).
 HEADROOM = 1.5
 #: Pairs of models sampled for the distance between unrelated models (all pairs below this).
 MAX_PAIRS = 20_000
