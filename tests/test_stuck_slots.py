@@ -1,11 +1,13 @@
-"""A run killed inside an in-process `materialize` never keeps its `gpu` slot, and Ctrl-C stops
-a run that waits for one (real processes, a real SQLite instance with a one-slot pool)."""
+"""A run killed inside an in-process `materialize` never keeps its `gpu` slot, a run that waits
+for one sleeps (no core spinning) and Ctrl-C stops it (real processes, a real SQLite instance
+with a one-slot pool)."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -70,26 +72,33 @@ def test_a_killed_in_process_run_is_failed_and_its_slot_freed(home, tmp_path):
     assert nxt.wait(timeout=120) == 0 and "success" in nxt.stdout.read()
 
 
-def test_ctrl_c_stops_a_run_waiting_for_the_slot(home, tmp_path):
+@contextmanager
+def _holder_and_waiter(home: Path, tmp_path: Path):
+    """A run holding the slot (for 600 s) and a second one waiting for it; both killed after."""
     holder, waiter = _start(home, 600, tmp_path / "held"), None
     try:
         wait_for(lambda: (tmp_path / "held").exists(), timeout_s=120, what="the step to start")
         waiter = _start(home, 0, tmp_path / "waiter")
         with _instance(home) as instance:
             wait_for(lambda: _claimed(instance) == 2, timeout_s=120, what="the waiter to queue")
-            started = time.monotonic()
-            os.kill(waiter.pid, signal.SIGINT)
-            assert waiter.wait(timeout=30) != 0
-            assert time.monotonic() - started < 30
-            assert not (tmp_path / "waiter").exists()
-            waiting = [r for r in instance.get_runs() if r.status != dg.DagsterRunStatus.STARTED]
-            assert [r.status for r in waiting] == [dg.DagsterRunStatus.FAILURE]
-            assert _claimed(instance) == 1  # only the holder's
+            yield holder, waiter, instance
     finally:
         for process in (holder, waiter):
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def test_ctrl_c_stops_a_run_waiting_for_the_slot(home, tmp_path):
+    with _holder_and_waiter(home, tmp_path) as (_, waiter, instance):
+        started = time.monotonic()
+        os.kill(waiter.pid, signal.SIGINT)
+        assert waiter.wait(timeout=30) != 0
+        assert time.monotonic() - started < 30
+        assert not (tmp_path / "waiter").exists()
+        waiting = [r for r in instance.get_runs() if r.status != dg.DagsterRunStatus.STARTED]
+        assert [r.status for r in waiting] == [dg.DagsterRunStatus.FAILURE]
+        assert _claimed(instance) == 1  # only the holder's
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -102,26 +111,14 @@ def _cpu_seconds(pid: int) -> float:
 def test_a_run_waiting_for_the_slot_sleeps_and_then_takes_it(home, tmp_path):
     """Dagster's executor spins while a step waits for a pool slot (`pool_wait`): a waiting
     scoring run took most of a core from the run that held the slot."""
-    holder, waiter = _start(home, 600, tmp_path / "held"), None
-    try:
-        wait_for(lambda: (tmp_path / "held").exists(), timeout_s=120, what="the step to start")
-        waiter = _start(home, 0, tmp_path / "waiter")
-        with _instance(home) as instance:
-            wait_for(lambda: _claimed(instance) == 2, timeout_s=120, what="the waiter to queue")
-            time.sleep(0.5)
-            before, t0 = _cpu_seconds(waiter.pid), time.monotonic()
-            time.sleep(3.0)
-            used, seconds = _cpu_seconds(waiter.pid) - before, time.monotonic() - t0
-            assert used < 0.1 * seconds, (
-                f"the waiting run used {used:.2f} s of CPU in {seconds:.1f} s"
-            )
-            # It takes the slot once the holder is gone.
-            os.killpg(holder.pid, signal.SIGKILL)
-            holder.wait()
-            fail_dead_runs(instance)
+    with _holder_and_waiter(home, tmp_path) as (holder, waiter, instance):
+        time.sleep(0.5)
+        before, t0 = _cpu_seconds(waiter.pid), time.monotonic()
+        time.sleep(3.0)
+        used, seconds = _cpu_seconds(waiter.pid) - before, time.monotonic() - t0
+        assert used < 0.1 * seconds, f"the waiting run used {used:.2f} s of CPU in {seconds:.1f} s"
+        # It takes the slot once the holder is gone.
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+        fail_dead_runs(instance)
         assert waiter.wait(timeout=120) == 0 and "success" in waiter.stdout.read()
-    finally:
-        for process in (holder, waiter):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
