@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from modelmap.scoring.engine import Progress, ScoreResult, score_texts
-from modelmap.scoring.loading import LoadedModel, load_causal_lm, resolve_device
+from modelmap.scoring.loading import LoadedModel, load_causal_lm
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -61,7 +61,9 @@ class ScorerResource(dg.ConfigurableResource):
         """Models a batch loads in advance: 1 with prefetching, else 0 (each in turn)."""
         if self.prefetch is not None:
             return int(self.prefetch)
-        return int(resolve_device(self.device).type == "cuda")
+        if self.device == "auto":
+            return int(torch.cuda.is_available())
+        return int(self.device.startswith("cuda"))
 
     def load(
         self,
@@ -93,8 +95,8 @@ class ScorerResource(dg.ConfigurableResource):
         def report(p: Progress) -> None:
             # One line every `progress_every_s` seconds, and at the end of a call that logged
             # before; not one per batch. A shorter call logs nothing: its caller reports the
-            # model's tokens/s once (in a batch of small models each log line is an event
-            # written to the run's storage, more time than the scoring itself).
+            # model's tokens/s once (each log line is an event written to the run's storage,
+            # and a batch of small models would write two per model for nothing).
             done = p.windows_done == p.windows_total
             if p.elapsed_s - last[0] >= self.progress_every_s or (done and last[0] > 0):
                 last[0] = p.elapsed_s

@@ -114,3 +114,4 @@ def test_the_scorer_loads_ahead_on_cuda_only_unless_told():
     assert ScorerResource(device="cpu").loads_ahead() == 0
     assert ScorerResource(device="cpu", prefetch=True).loads_ahead() == 1
     assert ScorerResource(device="auto", prefetch=False).loads_ahead() == 0
+    assert ScorerResource(device="cuda:1").loads_ahead() == 1  # says so even without a GPU
