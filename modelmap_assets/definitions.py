@@ -25,9 +25,6 @@ from modelmap_assets.reports import (
 from modelmap_assets.scoring.assets import likelihood
 from resources.settings import build_resources, code_location_setting, interval_setting
 
-# A run waiting for the `gpu` slot sleeps instead of spinning on a core (a Dagster bug).
-pool_wait.patch()
-
 # Per model (a run scores one model or a batch) and over all models (refreshed by automation).
 PER_MODEL = [likelihood, benchmark_scores]
 DOWNSTREAM = [
@@ -60,6 +57,9 @@ def automation_sensor(minimum_interval_seconds: int = 30) -> dg.AutomationCondit
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    # Every process that loads the code location (code server, each run) gets this: a run
+    # waiting for the `gpu` slot sleeps instead of spinning on a core (a Dagster bug).
+    pool_wait.patch()
     return dg.Definitions(
         assets=with_schedule(ASSETS, code_location_setting("MODELMAP_MAP_REFRESH")),
         jobs=[score_models_job, map_job],

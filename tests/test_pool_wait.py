@@ -35,8 +35,14 @@ def test_changed_dagster_internals_leave_dagster_alone(monkeypatch):
     assert pool_wait.has_busy_wait() is False
 
 
-def test_the_code_location_applies_it():
-    import modelmap_assets.definitions  # noqa: F401
+def test_the_code_location_applies_it(monkeypatch):
+    from modelmap_assets.definitions import defs
+
+    original = pool_wait._ORIGINAL
+    monkeypatch.setattr(
+        InstanceConcurrencyContext, "interval_to_next_pending_claim_check", original
+    )
+    defs()
 
     method = InstanceConcurrencyContext.interval_to_next_pending_claim_check
     assert method is pool_wait._interval_to_next_pending_claim_check

@@ -113,7 +113,7 @@ def _stop_on_untaken_interrupt(instance: dg.DagsterInstance):
 def materialize_here(assets, *, instance: dg.DagsterInstance, tags=None, **kwargs):
     """`dg.materialize` in this process, with dead runs of this host failed first, this
     process recorded on the run, and Ctrl-C honoured while the run waits for a slot."""
-    pool_wait.patch()  # a run waiting for its slot sleeps (also done by the code location)
+    pool_wait.patch()  # a run waiting for its slot sleeps (runs in this process)
     ended = fail_dead_runs(instance)
     if ended:
         print(f"marked {len(ended)} dead run(s) failed and freed their slots: {ended}")

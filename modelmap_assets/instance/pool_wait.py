@@ -12,8 +12,9 @@ dagster-io/dagster pull request 20367, closed unmerged.)
 :func:`patch` replaces the method by one that returns the time to the earliest next try (at
 least 0), the sleep Dagster means to take; the claims, their back-off (1 s growing to 15 s)
 and their priorities are Dagster's own. It changes nothing when the installed Dagster no
-longer has the bug. The code location applies it on import (`modelmap_assets.definitions`),
-so every run process, launched or in-process, has it.
+longer has the bug. The code location applies it when Dagster loads it
+(`modelmap_assets.definitions.defs`: the code server and every launched run) and so does
+`materialize_here` (runs in the caller's process); importing this module changes nothing.
 """
 
 from __future__ import annotations
