@@ -56,10 +56,11 @@ hub: $(STAMP)
 	$(BIN)/python -m workshop.hub_server --root $(HUB_ROOT) --port $(HUB_PORT)
 
 # The webserver and the daemon (sensors, automation, backfills, run queue) on loopback,
-# against the persistent dagster_home/; Ctrl-C stops both.
+# against the persistent dagster_home/; Ctrl-C stops both. `modelmap-daemon` is
+# `dagster-daemon` whose backfills start within 5 s instead of 30 s.
 UI_PORT ?= 3000
 ui: $(STAMP)
-	$(BIN)/dagster-daemon run -w workspace.yaml & daemon=$$!; \
+	$(BIN)/modelmap-daemon run -w workspace.yaml & daemon=$$!; \
 	trap 'kill $$daemon 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 

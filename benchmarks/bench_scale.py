@@ -74,7 +74,7 @@ from modelmap_assets.instance.launcher import run_worker_pid
 from resources.settings import build_resources
 from workshop.hub_server import synthetic_keys, synthetic_sha
 from workshop.localhttp import free_port, wait_until_up
-from workshop.platform import local_platform
+from workshop.platform import DAEMON, local_platform
 
 REPO = Path(__file__).resolve().parents[1]
 DOWNSTREAM_NAMES = [a.key.to_user_string() for a in DOWNSTREAM]
@@ -743,7 +743,7 @@ def run_platform(instance, env, root, row, args, storage, writer: ScoreWriter, h
     keys = [k for k, _ in writer.scorer.keys]
     with local_platform(env, root / "logs") as servers:
         started = time.time()
-        daemon_pid = servers.procs["dagster-daemon"].pid
+        daemon_pid = servers.procs[DAEMON].pid
         # Automation never requests a missing asset on its first evaluation: wait for one.
         deadline = time.time() + 600
         while not [t for t in automation_ticks(instance) if t.end_timestamp]:

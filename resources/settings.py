@@ -13,6 +13,7 @@ Instance settings (storage, run queue, `MODELMAP_PG_*`) stay in `dagster_home/da
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Mapping
@@ -21,22 +22,32 @@ from typing import Any
 
 import dagster as dg
 
-from resources.benchmarks import BenchmarkResource
-from resources.hub import HubResource
-from resources.mlflow import MlflowResource
-from resources.models import ModelSourceResource
-from resources.scorer import ScorerResource
-from resources.storage import StorageResource
 
-# The resources of the code location, by the key assets ask for them with.
-RESOURCES: dict[str, type[dg.ConfigurableResource]] = {
-    "storage": StorageResource,
-    "scorer": ScorerResource,
-    "model_source": ModelSourceResource,
-    "hub": HubResource,
-    "benchmarks": BenchmarkResource,
-    "mlflow": MlflowResource,
-}
+@functools.cache
+def _resources() -> dict[str, type[dg.ConfigurableResource]]:
+    """The resources of the code location, by the key assets ask for them with. Imported on
+    first use: `modelmap-daemon` reads its setting here without importing torch."""
+    from resources.benchmarks import BenchmarkResource
+    from resources.hub import HubResource
+    from resources.mlflow import MlflowResource
+    from resources.models import ModelSourceResource
+    from resources.scorer import ScorerResource
+    from resources.storage import StorageResource
+
+    return {
+        "storage": StorageResource,
+        "scorer": ScorerResource,
+        "model_source": ModelSourceResource,
+        "hub": HubResource,
+        "benchmarks": BenchmarkResource,
+        "mlflow": MlflowResource,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RESOURCES":  # `from resources.settings import RESOURCES`
+        return _resources()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,12 @@ COMMAND_LINE: tuple[tuple[str, str, str], ...] = (
         "http://127.0.0.1:3000",
         "the Dagster webserver `modelmap backfill` talks to (`--url`)",
     ),
+    (
+        "MODELMAP_BACKFILL_SECONDS",
+        "5",
+        "seconds between two passes of the backfill daemon under `modelmap-daemon` (how soon a "
+        "launched backfill gets its runs); Dagster's own `dagster-daemon run` keeps its 30",
+    ),
 )
 
 
@@ -124,27 +141,34 @@ CODE_LOCATION: tuple[tuple[str, str, str], ...] = (
     ),
 )
 
-# The code-location settings that are numbers of seconds.
-_SECONDS = {"MODELMAP_HUB_POLL_SECONDS", "MODELMAP_AUTOMATION_SECONDS"}
 
-
-def code_location_setting(variable: str, env: Mapping[str, str] | None = None) -> str:
-    """A setting of the code location's automation: the variable's value, else its default."""
+def _value(
+    table: tuple[tuple[str, str, str], ...], variable: str, env: Mapping[str, str] | None
+) -> str:
+    """The variable's value, else its default in `table`; a `*_SECONDS` one must be a whole
+    number of seconds, at least 1."""
     env = os.environ if env is None else env
-    default = {v: d for v, d, _ in CODE_LOCATION}[variable]
+    default = {v: d for v, d, _ in table}[variable]
     value = (env.get(variable) or default).strip()
-    if variable in _SECONDS and not (value.isdigit() and int(value) >= 1):
+    if variable.endswith("_SECONDS") and not (value.isdigit() and int(value) >= 1):
         raise ValueError(f"{variable}={value!r}: expected a whole number of seconds, at least 1")
     return value
 
 
+def code_location_setting(variable: str, env: Mapping[str, str] | None = None) -> str:
+    """A setting of the code location's automation: the variable's value, else its default."""
+    return _value(CODE_LOCATION, variable, env)
+
+
 def interval_setting(variable: str, env: Mapping[str, str] | None = None) -> int:
-    """A code-location setting that is a number of seconds (`MODELMAP_*_SECONDS`)."""
-    return int(code_location_setting(variable, env))
+    """A setting that is a number of seconds (`MODELMAP_*_SECONDS`), of the code location or
+    of the `modelmap` command."""
+    table = CODE_LOCATION if variable in {v for v, _, _ in CODE_LOCATION} else COMMAND_LINE
+    return int(_value(table, variable, env))
 
 
 def _field_type(resource: str, field: str) -> Any:
-    return RESOURCES[resource].model_fields[field].annotation
+    return _resources()[resource].model_fields[field].annotation
 
 
 def _is_int(annotation: Any) -> bool:
@@ -180,7 +204,7 @@ def resource_config(
     for name, instead in RETIRED.items():
         if name in env:
             warnings.warn(f"{name} is no longer read: {instead}", FutureWarning, stacklevel=2)
-    config: dict[str, dict[str, Any]] = {key: {} for key in RESOURCES}
+    config: dict[str, dict[str, Any]] = {key: {} for key in _resources()}
     for setting in settings:
         name = _lookup(setting, env)
         if name is None:
@@ -200,11 +224,9 @@ def resource_config(
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
     """The code location's resources, configured from the environment (see `resource_config`)."""
     config = resource_config(env)
-    return {key: cls(**config[key]) for key, cls in RESOURCES.items()}
+    return {key: cls(**config[key]) for key, cls in _resources().items()}
 
 
 def command_line_default(variable: str, env: Mapping[str, str] | None = None) -> str:
     """A `modelmap` command's setting: the variable's value, else its default."""
-    env = os.environ if env is None else env
-    default = {v: d for v, d, _ in COMMAND_LINE}[variable]
-    return env.get(variable) or default
+    return _value(COMMAND_LINE, variable, env)

@@ -89,6 +89,11 @@ def test_backfill_on_postgres_survives_a_daemon_crash(platform):
         wait_for(
             lambda: mid_scoring(instance, keys), 600, f"{KILL_AFTER} models scored", every_s=0.2
         )
+        # `modelmap-daemon` picks the backfill up within its 5 s interval (Dagster's 30 s
+        # would put the first run some 20 s after the launch here).
+        ours = dg.RunsFilter(tags={"dagster/backfill": request.backfill_id})
+        first_run = min(r.create_timestamp.timestamp() for r in instance.get_run_records(ours))
+        assert first_run - request.backfill_timestamp < 12
         servers.stop_daemon(signal.SIGKILL, whole_group=True)
         # Read after the kill: the daemon may have launched another run since the check.
         in_flight = [r.run_id for r in runs_of(instance) if r.status in ACTIVE]

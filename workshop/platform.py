@@ -24,10 +24,12 @@ from workshop.zoo import ZooModel, ZooSpec, build_zoo
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Dagster's daemon with modelmap's backfill interval (modelmap_assets/instance/daemon.py).
+DAEMON = "modelmap-daemon"
 
 
 class LocalPlatform:
-    """`dagster-daemon` and `dagster-webserver` on loopback, each in its own process group so
+    """`modelmap-daemon` and `dagster-webserver` on loopback, each in its own process group so
     that stopping one also stops what it started (code servers, run workers)."""
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, port: int | None = None):
@@ -51,7 +53,7 @@ class LocalPlatform:
         self.groups.append(self.procs[name].pid)
 
     def start_daemon(self) -> None:
-        self._start("dagster-daemon", ["run"])
+        self._start(DAEMON, ["run"])
 
     def start(self, wait: bool = True) -> None:
         """Start the daemon and the webserver; with `wait`, return once the webserver answers
@@ -68,7 +70,7 @@ class LocalPlatform:
     def stop_daemon(self, sig: int = signal.SIGTERM, whole_group: bool = False) -> None:
         """Stop the daemon: alone (runs already started go on), or with everything it started,
         its code server and the runs' processes (`whole_group`, as when its machine dies)."""
-        proc = self.procs.pop("dagster-daemon")
+        proc = self.procs.pop(DAEMON)
         if whole_group:
             _signal_group(proc.pid, sig)
         else:
