@@ -1,9 +1,11 @@
-"""A fresh local platform for tests and benchmarks: DAGSTER_HOME, data, models, corpus, and
-the webserver and daemon as `make ui` starts them.
+"""A fresh local platform for tests, benchmarks and the demo: DAGSTER_HOME, data, models,
+corpus, and the code server, daemon and webserver as a deployment runs them.
 
 `prepare()` lays out a DAGSTER_HOME with one of the committed instance files (SQLite
 `dagster.yaml` or `dagster.postgres.yaml`), builds the small zoo as the local models and
-materializes a corpus; `local_platform(env, logs)` then runs the daemon and the webserver.
+materializes a corpus; `local_platform(env, logs)` then runs one code server, the daemon and
+the webserver. (`make ui` is the development loop: there the daemon and the webserver each
+load `workspace.yaml` themselves, so the daemon picks up edited code within a minute.)
 """
 
 import contextlib
@@ -12,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +31,18 @@ BIN = Path(sys.executable).parent
 DAEMON = "modelmap-daemon"
 
 
+LOCATION = "modelmap_assets.definitions"  # the code location's name, as in workspace.yaml
+
+
 class LocalPlatform:
-    """`modelmap-daemon` and `dagster-webserver` on loopback, each in its own process group so
-    that stopping one also stops what it started (code servers, run workers)."""
+    """One code server, `modelmap-daemon` and `dagster-webserver` on loopback, each in its own
+    process group so that stopping one also stops what it started (run workers).
+
+    The daemon and the webserver share the code server, as in a deployment (docs/deploy.md):
+    the code location is imported once, and the daemon's workspace refresh (every 60 s) asks
+    that server for the definitions again instead of starting a new server process, which
+    imported torch and the code location (about 4 s of CPU) beside the scoring runs every
+    minute. The UI's "Reload" reloads it."""
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, port: int | None = None):
         self.env = dict(env)
@@ -38,12 +50,18 @@ class LocalPlatform:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
+        self.code_port = free_port()  # the code server's, kept across a restart
         self.groups: list[int] = []  # every process group started, stopped daemons' included
 
-    def _start(self, name: str, args: list[str]) -> None:
+    @property
+    def workspace(self) -> Path:
+        """The workspace of the daemon and the webserver: the code server of this platform."""
+        return self.log_dir / "workspace.yaml"
+
+    def _start(self, name: str, args: list[str], workspace: bool = True) -> None:
         log = (self.log_dir / f"{name}.log").open("a")
         self.procs[name] = subprocess.Popen(
-            [str(BIN / name), *args, "-w", "workspace.yaml"],
+            [str(BIN / name), *args, *(["-w", str(self.workspace)] if workspace else [])],
             cwd=REPO,
             env=self.env,
             stdout=log,
@@ -52,27 +70,50 @@ class LocalPlatform:
         )
         self.groups.append(self.procs[name].pid)
 
+    def start_code_server(self) -> None:
+        """Start the code server (`wait_for_code_server` waits until it serves)."""
+        self._start(
+            "dagster",
+            ["code-server", "start", "-m", LOCATION, "-d", str(REPO), "--location-name", LOCATION]
+            + ["-h", "127.0.0.1", "-p", str(self.code_port)],
+            workspace=False,
+        )
+        self.workspace.write_text(
+            "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+            f"      port: {self.code_port}\n      location_name: {LOCATION}\n"
+        )
+
     def start_daemon(self) -> None:
+        if "dagster" not in self.procs:  # stopped with the daemon's machine
+            self.start_code_server()
+        wait_for_code_server(self.code_port, self.procs["dagster"])
         self._start(DAEMON, ["run"])
 
     def start(self, wait: bool = True) -> None:
-        """Start the daemon and the webserver; with `wait`, return once the webserver answers
-        (else call `wait_until_up` later, doing other work while they start)."""
+        """Start the code server, then the daemon and the webserver once it serves; with
+        `wait=False` only the code server, and `wait_until_up` starts the others (the caller
+        does other work while the code location loads)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.start_daemon()
-        self._start("dagster-webserver", ["-h", "127.0.0.1", "-p", str(self.port)])
+        self.start_code_server()
         if wait:
             self.wait_until_up()
 
     def wait_until_up(self) -> None:
+        if "dagster-webserver" not in self.procs:
+            self.start_daemon()
+            self._start("dagster-webserver", ["-h", "127.0.0.1", "-p", str(self.port)])
         wait_until_up(f"{self.url}/server_info")
 
     def stop_daemon(self, sig: int = signal.SIGTERM, whole_group: bool = False) -> None:
-        """Stop the daemon: alone (runs already started go on), or with everything it started,
-        its code server and the runs' processes (`whole_group`, as when its machine dies)."""
+        """Stop the daemon: alone (runs already started go on), or with the code server and
+        the runs' processes (`whole_group`, as when the machine they share dies; `start_daemon`
+        then starts the code server again, on the same port)."""
         proc = self.procs.pop(DAEMON)
         if whole_group:
             _signal_group(proc.pid, sig)
+            server = self.procs.pop("dagster")
+            _signal_group(server.pid, sig)
+            server.wait(timeout=60)
         else:
             proc.send_signal(sig)
         proc.wait(timeout=60)
@@ -88,6 +129,28 @@ class LocalPlatform:
         for group in self.groups:  # whatever is left: code servers, run workers
             _signal_group(group, signal.SIGKILL)
         self.procs.clear()
+
+
+def wait_for_code_server(port: int, proc: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Poll the code server on `port` until it lists the code location's repositories."""
+    from dagster._grpc.client import DagsterGrpcClient
+    from dagster._grpc.types import ListRepositoriesResponse
+    from dagster._serdes import deserialize_value
+
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    deadline = time.time() + timeout_s
+    last: object = None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the code server exited ({proc.returncode}); see dagster.log")
+        try:
+            last = deserialize_value(client.list_repositories())
+            if isinstance(last, ListRepositoriesResponse):
+                return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"the code server on port {port} did not load in {timeout_s:.0f} s: {last}")
 
 
 def _signal_group(group: int, sig: int) -> None:
