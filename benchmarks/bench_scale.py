@@ -17,12 +17,12 @@ temporary folder, a corpus of `--texts` texts materialized by the real `corpus` 
    assets record;
 4. a second sensor tick over the listing, now of known models at the sha they were scored at
    (`sensor_tick`, variant `steady`: looks up every model's scored revision);
-5. the real `dagster-daemon` and `dagster-webserver` start (`workshop.platform`); the daemon's
-   automation refreshes `coordinates`, `kl_table`, `model_map`, `regression_report` and
-   `leakage_report`. Measured: each asset's step time and the peak RSS of its run process
+5. the real code server, `modelmap-daemon` and `dagster-webserver` start (`workshop.platform`);
+   the daemon's automation refreshes `coordinates`, `kl_table`, `model_map`, `regression_report`
+   and `leakage_report`. Measured: each asset's step time and the peak RSS of its run process
    (sampled every 0.25 s), the automation ticks (`automation_tick`: the tick that requested the
-   refresh, and the longest of the others), and `full_refresh`: from the start of the tick
-   that requested the refresh to the last downstream materialization;
+   refresh, and the longest of the others), and `full_refresh`: from the start of the tick that
+   requested the refresh to the last downstream materialization;
 6. `ui_partitions_page` (the `likelihood` asset's partitions tab) and `ui_asset_graph` load in
    headless Chromium, warm (one visit first, then the median of `--ui-repeats` visits).
 
@@ -74,7 +74,7 @@ from modelmap_assets.instance.launcher import run_worker_pid
 from resources.settings import build_resources
 from workshop.hub_server import synthetic_keys, synthetic_sha
 from workshop.localhttp import free_port, wait_until_up
-from workshop.platform import DAEMON, local_platform
+from workshop.platform import CODE_SERVER, local_platform
 
 REPO = Path(__file__).resolve().parents[1]
 DOWNSTREAM_NAMES = [a.key.to_user_string() for a in DOWNSTREAM]
@@ -743,7 +743,7 @@ def run_platform(instance, env, root, row, args, storage, writer: ScoreWriter, h
     keys = [k for k, _ in writer.scorer.keys]
     with local_platform(env, root / "logs") as servers:
         started = time.time()
-        daemon_pid = servers.procs[DAEMON].pid
+        runs_parent = servers.procs[CODE_SERVER].pid  # the code server starts every run
         # Automation never requests a missing asset on its first evaluation: wait for one.
         deadline = time.time() + 600
         while not [t for t in automation_ticks(instance) if t.end_timestamp]:
@@ -751,7 +751,7 @@ def run_platform(instance, env, root, row, args, storage, writer: ScoreWriter, h
                 raise TimeoutError("the automation sensor has not ticked in 600 s")
             time.sleep(1.0)
         print(f"  automation ticking {time.time() - started:.0f} s after the daemon started")
-        sampler = RssSampler(daemon_pid).start()
+        sampler = RssSampler(runs_parent).start()
         try:
             landed = time.time()
             writer.write(len(keys) - 1)

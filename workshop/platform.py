@@ -32,6 +32,7 @@ DAEMON = "modelmap-daemon"
 
 
 LOCATION = "modelmap_assets.definitions"  # the code location's name, as in workspace.yaml
+CODE_SERVER = "dagster"  # `dagster code-server start`: its process starts every run
 
 
 class LocalPlatform:
@@ -73,7 +74,7 @@ class LocalPlatform:
     def start_code_server(self) -> None:
         """Start the code server (`wait_for_code_server` waits until it serves)."""
         self._start(
-            "dagster",
+            CODE_SERVER,
             ["code-server", "start", "-m", LOCATION, "-d", str(REPO), "--location-name", LOCATION]
             + ["-h", "127.0.0.1", "-p", str(self.code_port)],
             workspace=False,
@@ -84,9 +85,9 @@ class LocalPlatform:
         )
 
     def start_daemon(self) -> None:
-        if "dagster" not in self.procs:  # stopped with the daemon's machine
+        if CODE_SERVER not in self.procs:  # stopped with the daemon's machine
             self.start_code_server()
-        wait_for_code_server(self.code_port, self.procs["dagster"])
+        wait_for_code_server(self.code_port, self.procs[CODE_SERVER])
         self._start(DAEMON, ["run"])
 
     def start(self, wait: bool = True) -> None:
@@ -111,7 +112,7 @@ class LocalPlatform:
         proc = self.procs.pop(DAEMON)
         if whole_group:
             _signal_group(proc.pid, sig)
-            server = self.procs.pop("dagster")
+            server = self.procs.pop(CODE_SERVER)
             _signal_group(server.pid, sig)
             server.wait(timeout=60)
         else:

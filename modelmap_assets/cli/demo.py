@@ -167,9 +167,11 @@ def run_demo(
         }
         resources = build_resources(env)
         data = Path(resources["storage"].base_dir).resolve()
-        platform = LocalPlatform(env, home / "logs", port=port)
+        # Not $DAGSTER_HOME/logs: Dagster moves that folder away (its telemetry queue).
+        servers = home / "servers"
+        platform = LocalPlatform(env, servers, port=port)
         log(f"Dagster UI: {platform.url}  (watch the runs, the assets and the map grow)")
-        log(f"local Hub: {hub.url}; daemon and webserver logs: {home / 'logs'}")
+        log(f"local Hub: {hub.url}; code server, daemon and webserver logs: {servers}")
         # The servers start in their own processes while this one builds the corpus and
         # trains the small zoo.
         platform.start(wait=False)
