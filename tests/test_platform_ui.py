@@ -99,6 +99,9 @@ def test_backfill_three_models_from_the_ui_and_see_the_map(platform):
         page.wait_for_timeout(1_000)  # the dialog's fade-in
         shot("4-map-metadata")
         wait_until_idle(instance)
+        # The daemon and the webserver share the platform's code server: neither started one
+        # of its own (with `workspace.yaml` each would, the daemon a new one every minute).
+        assert servers.private_code_servers() == []
     failed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert not failed, "\n\n".join(describe(instance, run) for run in failed)
     # dagster.yaml turns the "Join the Dagster community" dialog off (`nux`): none was shown.

@@ -105,6 +105,21 @@ class LocalPlatform:
             self._start("dagster-webserver", ["-h", "127.0.0.1", "-p", str(self.port)])
         wait_until_up(f"{self.url}/server_info")
 
+    def private_code_servers(self) -> list[int]:
+        """Pids of code servers that the daemon or the webserver started for themselves
+        (none while both use the shared one); Linux only (/proc)."""
+        parents = {self.procs[n].pid for n in (DAEMON, "dagster-webserver") if n in self.procs}
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            except (OSError, IndexError, ValueError):
+                continue  # exited meanwhile
+            if ppid in parents and b"api grpc" in cmdline:
+                found.append(int(stat.parent.name))
+        return found
+
     def stop_daemon(self, sig: int = signal.SIGTERM, whole_group: bool = False) -> None:
         """Stop the daemon: alone (runs already started go on), or with the code server and
         the runs' processes (`whole_group`, as when the machine they share dies; `start_daemon`
