@@ -29,10 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Dagster's daemon with modelmap's backfill interval (modelmap_assets/instance/daemon.py).
 DAEMON = "modelmap-daemon"
-
-
-LOCATION = "modelmap_assets.definitions"  # the code location's name, as in workspace.yaml
 CODE_SERVER = "dagster"  # `dagster code-server start`: its process starts every run
+LOCATION = "modelmap_assets.definitions"  # the code location's name, as in workspace.yaml
 
 
 class LocalPlatform:

@@ -1,8 +1,8 @@
 """`modelmap demo`: the path a deployment takes, with the real daemon, watched in the UI.
 
-1. `dagster-webserver` and `modelmap-daemon` (Dagster's daemon) start on the instance in
-   $DAGSTER_HOME (the UI's address is printed first), a local Hub-compatible server starts,
-   and the corpus is materialized (the only asset built by hand).
+1. A code server, `dagster-webserver` and `modelmap-daemon` (Dagster's daemon) start on the
+   instance in $DAGSTER_HOME (`workshop.platform`; the UI's address is printed first), a local
+   Hub-compatible server starts, and the corpus is materialized (the only asset built by hand).
 2. A small zoo (seconds of training) is published to the local Hub and `hub_models_sensor` is
    turned on: the daemon's sensor finds the models and launches runs of several models each,
    and declarative automation refreshes the map once they are scored: the first map.
