@@ -109,14 +109,18 @@ def write_backfill_entry(entry: dict, key: str = "backfill") -> None:
         tmp.replace(SCALE_JSON)
 
 
-def run_timings(instance: dg.DagsterInstance) -> dict:
-    """Median seconds per scoring run (one model or a batch): launch to process start, and
-    start to end."""
-    records = [
+def scoring_runs(instance: dg.DagsterInstance) -> list:
+    """The run records of the scoring runs (one model, or a range of models)."""
+    return [
         r
         for r in instance.get_run_records()
         if r.dagster_run.tags.get("dagster/partition") or r.dagster_run.tags.get(RANGE_START_TAG)
     ]
+
+
+def run_timings(records: list) -> dict:
+    """Median seconds per scoring run (one model or a batch): launch to process start, and
+    start to end."""
     starts = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
     runs = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
     return {
@@ -125,14 +129,12 @@ def run_timings(instance: dg.DagsterInstance) -> dict:
     }
 
 
-def breakdown(instance: dg.DagsterInstance, launched_at: float, last_at: float, n: int) -> dict:
+def breakdown(
+    instance: dg.DagsterInstance, records: list, launched_at: float, last_at: float, n: int
+) -> dict:
     """Where the time from the launch to the last likelihood went: until the backfill daemon
-    created the first run, then the runs; and the `likelihood` steps' seconds per model."""
-    records = [
-        r
-        for r in instance.get_run_records()
-        if r.dagster_run.tags.get(RANGE_START_TAG) or r.dagster_run.tags.get("dagster/partition")
-    ]
+    created the first run, then the runs (`records`); and the `likelihood` steps' seconds per
+    model."""
     first = min(r.create_timestamp.timestamp() for r in records)
     step_s = 0.0
     for r in records:
@@ -229,6 +231,7 @@ def main() -> int:
     locked = sum(
         p.read_text(errors="replace").count("database is locked") for p in platform.logs.iterdir()
     )
+    scoring = scoring_runs(instance)
     result = {
         "storage": args.storage,
         "models": args.models,
@@ -246,12 +249,12 @@ def main() -> int:
         "benchmark_measure": measure,
         "mlflow": args.mlflow,
         "wall_s_with_map_refresh": round(wall, 1),
-        **breakdown(instance, t0, t0 + to_last_likelihood, len(keys)),
+        **breakdown(instance, scoring, t0, t0 + to_last_likelihood, len(keys)),
         "pure_s_per_model": round(pure / len(keys), 2),
         "runs": statuses,
         "map_refreshes": refreshes,
         "database_is_locked": locked,
-        **run_timings(instance),
+        **run_timings(scoring),
         "folder": str(root),
     }
     print(json.dumps(result, indent=1))

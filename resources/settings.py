@@ -3,7 +3,7 @@
 The meaning and the default of a setting are those of the resource field it sets (its
 `Field(description=...)` and default); the README's settings table is generated from them
 (`scripts/settings_table.py`, checked by `tests/test_settings.py`). Nothing here runs at import:
-`build_resources()` is called when Dagster loads the definitions (`@dg.definitions` in
+`buildresource_classes()` is called when Dagster loads the definitions (`@dg.definitions` in
 `modelmap_assets/definitions.py`), and binds each variable that is set as a `dg.EnvVar`, so
 Dagster resolves it when a run starts and a secret never becomes a plain string in the
 definitions. A variable that is not set leaves the field at its default.
@@ -24,7 +24,7 @@ import dagster as dg
 
 
 @functools.cache
-def _resources() -> dict[str, type[dg.ConfigurableResource]]:
+def resource_classes() -> dict[str, type[dg.ConfigurableResource]]:
     """The resources of the code location, by the key assets ask for them with. Imported on
     first use: `modelmap-daemon` reads its setting here without importing torch."""
     from resources.benchmarks import BenchmarkResource
@@ -42,12 +42,6 @@ def _resources() -> dict[str, type[dg.ConfigurableResource]]:
         "benchmarks": BenchmarkResource,
         "mlflow": MlflowResource,
     }
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RESOURCES":  # `from resources.settings import RESOURCES`
-        return _resources()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -168,7 +162,7 @@ def interval_setting(variable: str, env: Mapping[str, str] | None = None) -> int
 
 
 def _field_type(resource: str, field: str) -> Any:
-    return _resources()[resource].model_fields[field].annotation
+    return resource_classes()[resource].model_fields[field].annotation
 
 
 def _is_int(annotation: Any) -> bool:
@@ -204,7 +198,7 @@ def resource_config(
     for name, instead in RETIRED.items():
         if name in env:
             warnings.warn(f"{name} is no longer read: {instead}", FutureWarning, stacklevel=2)
-    config: dict[str, dict[str, Any]] = {key: {} for key in _resources()}
+    config: dict[str, dict[str, Any]] = {key: {} for key in resource_classes()}
     for setting in settings:
         name = _lookup(setting, env)
         if name is None:
@@ -224,7 +218,7 @@ def resource_config(
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
     """The code location's resources, configured from the environment (see `resource_config`)."""
     config = resource_config(env)
-    return {key: cls(**config[key]) for key, cls in _resources().items()}
+    return {key: cls(**config[key]) for key, cls in resource_classes().items()}
 
 
 def command_line_default(variable: str, env: Mapping[str, str] | None = None) -> str:

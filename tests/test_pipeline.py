@@ -13,6 +13,7 @@ from modelmap.corpus.build import build_corpus
 from modelmap.geometry.kl import two_kl_nats
 from modelmap_assets.cli.main import materialize_all
 from modelmap_assets.definitions import build_resources, defs
+from resources.mlflow import _global_uris
 from workshop.leak_zoo import LeakZooSpec, build_leak_zoo
 from workshop.zoo import declared_base
 
@@ -331,8 +332,10 @@ def test_mlflow_records_runs_metrics_artifacts_and_a_loadable_predictor(pipeline
 
     # The registered predictor loads and predicts from raw log-likelihood vectors.
     (version,) = client.search_model_versions("name='modelmap-benchmark-predictor'")
-    mlflow.set_registry_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/modelmap-benchmark-predictor/{version.version}")
+    # Through the project's own global-URI switch, which restores mlflow's globals after: a
+    # registry URI left set here broke a later test's `models:/` lookup in the same worker.
+    with _global_uris(uri):
+        model = mlflow.pyfunc.load_model(f"models:/modelmap-benchmark-predictor/{version.version}")
     folder = next((pipeline["root"] / "coordinates").glob("v-*"))
     corpus = pl.read_parquet(pipeline["root"] / "corpus" / "corpus.parquet")
     text_ids = corpus["text_id"].cast(pl.Utf8)  # the model's inputs are named by text id

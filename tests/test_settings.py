@@ -9,7 +9,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from resources.settings import RESOURCES, SETTINGS, Setting, build_resources, resource_config
+from resources.settings import (
+    SETTINGS,
+    Setting,
+    build_resources,
+    resource_classes,
+    resource_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_setting_is_a_documented_field():
     for setting in SETTINGS:
         for resource, field in setting.targets:
-            info = RESOURCES[resource].model_fields[field]
+            info = resource_classes()[resource].model_fields[field]
             assert info.description, f"{setting.variable}: {resource}.{field} has no description"
 
 
