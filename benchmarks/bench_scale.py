@@ -67,7 +67,7 @@ from dagster._core.instance.ref import InstanceRef
 from modelmap.likelihoods import likelihood_frame
 from modelmap.reports.benchmarks import OPEN_LLM_V1, SCORE_COLUMNS, SUITE_OPEN_LLM, empty_scores
 from modelmap.storage import write_parquet
-from modelmap_assets.automation.sensors import hub_models_sensor
+from modelmap_assets.automation.hub_sensor import hub_models_sensor
 from modelmap_assets.cli.main import materialize_corpus, register
 from modelmap_assets.definitions import DOWNSTREAM
 from modelmap_assets.instance.launcher import run_worker_pid

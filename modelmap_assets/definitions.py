@@ -7,22 +7,20 @@ and binds the environment's settings then (`resources/settings.py`).
 import dagster as dg
 
 from modelmap_assets.automation.conditions import with_schedule
-from modelmap_assets.automation.sensors import (
-    batch_retry_sensor,
-    build_hub_models_sensor,
-    score_models_job,
-)
-from modelmap_assets.corpus import corpus
-from modelmap_assets.geometry.assets import coordinates, kl_table, model_map
-from modelmap_assets.geometry.budget import text_selection
+from modelmap_assets.automation.hub_sensor import build_hub_models_sensor
+from modelmap_assets.automation.jobs import score_models_job
+from modelmap_assets.automation.retry_sensor import batch_retry_sensor
+from modelmap_assets.corpus.assets import corpus
+from modelmap_assets.geometry.coordinates import coordinates
+from modelmap_assets.geometry.kl_table import kl_table
+from modelmap_assets.geometry.model_map import model_map
+from modelmap_assets.geometry.text_selection import text_selection
 from modelmap_assets.instance import pool_wait
-from modelmap_assets.reports import (
-    benchmark_scores,
-    leakage_report,
-    lineage_report,
-    regression_report,
-)
+from modelmap_assets.reports.leakage import leakage_report
+from modelmap_assets.reports.lineage import lineage_report
+from modelmap_assets.reports.regression import regression_report
 from modelmap_assets.scoring.assets import likelihood
+from modelmap_assets.scoring.benchmarks import benchmark_scores
 from resources.settings import build_resources, code_location_setting, interval_setting
 
 # Per model (a run scores one model or a batch) and over all models (refreshed by automation).

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
-from modelmap_assets.automation.sensors import retry_requests
+from modelmap_assets.automation.retry_sensor import retry_requests
 from modelmap_assets.definitions import ASSETS, PER_MODEL, build_resources
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.scoring.batches import (

@@ -8,9 +8,9 @@ from hubtools import edit_config, variant
 from platformtools import describe, runs_of, wait_until_idle
 
 from modelmap_assets.cli.backfill import set_sensor
-from modelmap_assets.cli.demo import wait_for_map, wait_for_models
 from modelmap_assets.cli.main import materialize_all
 from modelmap_assets.definitions import build_resources
+from workshop.demo import wait_for_map, wait_for_models
 from workshop.hub_server import HubServer, publish, publish_zoo
 from workshop.platform import local_platform, prepare
 from workshop.zoo import ZooSpec, build_zoo

@@ -8,7 +8,7 @@ import pytest
 from dagster._core.test_utils import create_run_for_test
 from huggingface_hub import HfApi
 
-from modelmap_assets.automation.sensors import build_hub_models_sensor, requested_models
+from modelmap_assets.automation.hub_sensor import build_hub_models_sensor, requested_models
 from modelmap_assets.scoring.batches import requested_revisions
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
@@ -163,7 +163,7 @@ def test_run_requests_carry_the_declared_base(hub, tiny_model):
 
 
 def test_a_batch_larger_than_a_run_is_cut_into_ranges(paged_hub, tiny_model, monkeypatch):
-    import modelmap_assets.automation.sensors as sensors
+    import modelmap_assets.automation.hub_sensor as sensors
 
     for i in range(5):
         publish_at(paged_hub, tiny_model, f"org/r{i}", hours_ago=10 - i)

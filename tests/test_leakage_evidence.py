@@ -147,8 +147,8 @@ def test_leakage_report_asset_reads_twins_and_lineage(tmp_path):
 
     from modelmap.corpus.build import corpus_hash
     from modelmap.likelihoods import SPLIT_TWIN, likelihood_frame
-    from modelmap_assets.geometry.assets import coordinates
-    from modelmap_assets.reports import leakage_report
+    from modelmap_assets.geometry.coordinates import coordinates
+    from modelmap_assets.reports.leakage import leakage_report
     from resources.mlflow import MlflowResource
     from resources.storage import StorageResource
 

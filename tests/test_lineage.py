@@ -152,7 +152,7 @@ def test_lineage_report_asset_on_a_written_map(tmp_path):
     import dagster as dg
     import polars as pl
 
-    from modelmap_assets.reports import lineage_report
+    from modelmap_assets.reports.lineage import lineage_report
     from resources.mlflow import MlflowResource
     from resources.storage import StorageResource
 
@@ -189,7 +189,7 @@ def test_lineage_report_asset_on_a_written_map(tmp_path):
 
 
 def test_flagged_models_are_logged_at_most_twenty_lines():
-    from modelmap_assets.reports import MAX_LOGGED_FINDINGS, log_some
+    from modelmap_assets.reports.shared import MAX_LOGGED_FINDINGS, log_some
 
     class Log:
         lines: list[str] = []

@@ -164,7 +164,7 @@ def test_neighbour_table_with_intervals_for_tiny_maps(K):
 
     from modelmap.geometry.intervals import with_interval_columns
     from modelmap.geometry.kl import neighbour_table
-    from modelmap_assets.geometry.assets import _with_gap
+    from modelmap_assets.geometry.kl_table import _with_gap
 
     Q = double_centre(np.random.default_rng(0).normal(-100, 5, size=(K, 50)))
     idx, nn = nearest_neighbours(Q, 5)

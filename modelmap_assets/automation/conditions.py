@@ -61,7 +61,7 @@ def reports_condition(coordinates_key: dg.AssetKey) -> dg.AutomationCondition:
 
 def with_schedule(assets: list, schedule: str) -> list:
     """The over-all-models assets with their conditions for ``schedule`` (see module doc)."""
-    from modelmap_assets.geometry.assets import coordinates
+    from modelmap_assets.geometry.coordinates import coordinates
 
     def swap(spec: dg.AssetSpec) -> dg.AssetSpec:
         if spec.key == coordinates.key:

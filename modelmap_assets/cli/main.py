@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
     t0 = time.perf_counter()
     if args.command == "demo":
-        from modelmap_assets.cli.demo import SMOLLM_DEFAULT, run_demo
+        from workshop.demo import SMOLLM_DEFAULT, run_demo
         from workshop.smollm import family_keys
 
         smollm = () if args.no_smollm else family_keys() if args.smollm_family else SMOLLM_DEFAULT

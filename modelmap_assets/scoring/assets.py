@@ -22,7 +22,7 @@ from modelmap.scoring.loading import LoadedModel, ModelLoadError
 from modelmap.scoring.prefetch import Prefetched, prefetched
 from modelmap.selections import read_selection
 from modelmap.storage import InvalidModelKey, validate_model_key
-from modelmap_assets.corpus import corpus
+from modelmap_assets.corpus.assets import corpus
 from modelmap_assets.geometry.placement import placement_metadata
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.scoring.batches import BATCH_POLICY, BatchFailures, requested_revisions

@@ -29,7 +29,7 @@ from modelmap.geometry.textbudget import (
 )
 from modelmap.selections import selection_folder, write_selection
 from modelmap.storage import write_atomic, write_parquet
-from modelmap_assets.geometry.assets import coordinates, read_coordinates, refresh
+from modelmap_assets.geometry.coordinates import coordinates, read_coordinates, refresh
 from modelmap_assets.metadata import md_table, png_md
 from resources.mlflow import MlflowResource
 from resources.storage import StorageResource

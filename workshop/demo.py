@@ -113,7 +113,9 @@ def wait_for_map(
 
     from modelmap_assets.cli.main import wait_for_refresh
     from modelmap_assets.definitions import DOWNSTREAM
-    from modelmap_assets.geometry.assets import coordinates, kl_table, model_map
+    from modelmap_assets.geometry.coordinates import coordinates
+    from modelmap_assets.geometry.kl_table import kl_table
+    from modelmap_assets.geometry.model_map import model_map
 
     last = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("likelihood"), asset_partitions=list(keys)),
