@@ -27,16 +27,16 @@ def test_every_setting_is_a_documented_field():
             assert info.description, f"{setting.variable}: {resource}.{field} has no description"
 
 
-def test_readme_settings_table_is_generated_from_the_fields():
+def test_settings_page_table_is_generated_from_the_fields():
     spec = importlib.util.spec_from_file_location(
         "settings_table", REPO / "scripts/settings_table.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    readme = (REPO / "README.md").read_text()
-    assert module.replace_in(readme) == readme, "run: python scripts/settings_table.py"
+    page = (REPO / "docs/settings.md").read_text()
+    assert module.replace_in(page) == page, "run: python scripts/settings_table.py"
     for setting in SETTINGS:
-        assert f"`{setting.variable}`" in readme
+        assert f"`{setting.variable}`" in page
 
 
 def test_set_variables_are_bound_as_env_vars_and_resolved_when_a_run_starts(monkeypatch):
