@@ -56,7 +56,7 @@ def folders_to_list(files: list[str]) -> set[str]:
 
 def test_the_folder_parser_reads_nesting():
     block = "\n".join(
-        ["## Where things live", "```", "a/      x", "  b/      y", "          z/ text", "c/", "```"]
+        ["## Where things live", "```", "a/  x", "  b/  y", "          z/ text", "c/", "```"]
     )
     assert listed_folders(block) == ["a", "a/b", "c"]
 
