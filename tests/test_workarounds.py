@@ -133,7 +133,8 @@ def test_dagsters_own_method_busy_waits_and_a_renamed_internal_is_left_alone():
     def renamed(self):
         return self._claims_waiting  # an attribute this Dagster does not have
 
-    assert workarounds.has_busy_wait(renamed, InstanceConcurrencyContext) is False
+    with pytest.raises(workarounds.Unavailable, match="internals changed"):
+        workarounds.has_busy_wait(renamed, InstanceConcurrencyContext)
 
 
 def test_a_dagster_that_sleeps_needs_no_patch(monkeypatch):

@@ -112,15 +112,16 @@ def interval_to_next_pending_claim_check(self) -> float:
 
 
 def has_busy_wait(method: Callable[[Any], float], context_class: type) -> bool:
-    """Whether Dagster's `method` returns no sleep while a claim's next try is 5 s away; False
-    when its internals are not the ones this was written for."""
+    """Whether Dagster's `method` returns no sleep while a claim's next try is 5 s away.
+
+    Raises `Unavailable` when the context's internals are not the ones the patch reads."""
     try:
         context = object.__new__(context_class)
         context._pending_claims = {"step"}
         context._pending_timeouts = {"step": time.time() + 5.0}
         return method(context) <= 0.0
-    except Exception:
-        return False
+    except Exception as error:
+        raise Unavailable(f"{context_class.__name__}'s internals changed ({error!r})") from error
 
 
 #: Dagster's own methods that a workaround replaced, by workaround.
