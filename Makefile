@@ -70,7 +70,7 @@ MODELS ?= zoo
 backfill: $(STAMP)
 	$(BIN)/modelmap backfill $(MODELS) --url http://127.0.0.1:$(UI_PORT)
 
-# A local PostgreSQL (Debian's package) for the dagster.postgres.yaml variant and MLflow.
+# A local PostgreSQL (Debian's package) for storage.postgres.yaml (on dagster.yaml) and MLflow.
 postgres:
 	scripts/postgres.sh
 

@@ -5,9 +5,9 @@
 
 Registers `--models` keys `batch/mNN` (each a copied folder of one small-zoo model, so every run
 loads and scores a real model) on a fresh platform (`workshop/platform.py`: the
-committed dagster.yaml, or dagster.postgres.yaml on a fresh database of the `make postgres`
-server, and a corpus of `--texts` texts, 40 by default, and its 100 held-out twin texts),
-launches one backfill with `modelmap backfill` and reports its
+committed dagster.yaml, or it with storage.postgres.yaml layered on, on a fresh database of
+the `make postgres` server, and a corpus of `--texts` texts, 40 by default, and its 100
+held-out twin texts), launches one backfill with `modelmap backfill` and reports its
 wall time, the runs, how many times the map was refreshed, whether "database is locked"
 appeared in any log, and the per-run timings (queued, process start, steps).
 
@@ -189,7 +189,6 @@ def main() -> int:
         # daemon most of a second of CPU, which the scoring run shares.
         "MODELMAP_AUTOMATION_SECONDS": "30",
     }
-    instance_yaml = "dagster.yaml"
     if args.storage == "postgres":
         db = f"bench_{uuid.uuid4().hex[:8]}"
         extra |= {
@@ -204,8 +203,8 @@ def main() -> int:
             [str(createdb), "-h", "127.0.0.1", "-p", args.pg_port, "-U", "modelmap", db],
             check=True,
         )
-        instance_yaml = "dagster.postgres.yaml"
-    platform = prepare(root, instance_yaml=instance_yaml, n_texts=args.texts, extra_env=extra)
+    postgres = args.storage == "postgres"
+    platform = prepare(root, postgres=postgres, n_texts=args.texts, extra_env=extra)
     keys = platform.copy_batch(args.models)
     instance = platform.instance
     # The machine may be shared: time the pure loop just before and just after the backfill,

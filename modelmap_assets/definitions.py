@@ -15,7 +15,7 @@ from modelmap_assets.geometry.coordinates import coordinates
 from modelmap_assets.geometry.kl_table import kl_table
 from modelmap_assets.geometry.model_map import model_map
 from modelmap_assets.geometry.text_selection import text_selection
-from modelmap_assets.instance import pool_wait
+from modelmap_assets.instance import workarounds
 from modelmap_assets.reports.leakage import leakage_report
 from modelmap_assets.reports.lineage import lineage_report
 from modelmap_assets.reports.regression import regression_report
@@ -57,7 +57,7 @@ def automation_sensor(minimum_interval_seconds: int = 30) -> dg.AutomationCondit
 def defs() -> dg.Definitions:
     # Every process that loads the code location (code server, each run) gets this: a run
     # waiting for the `gpu` slot sleeps instead of spinning on a core (a Dagster bug).
-    pool_wait.patch()
+    workarounds.patch_pool_wait()
     return dg.Definitions(
         assets=with_schedule(ASSETS, code_location_setting("MODELMAP_MAP_REFRESH")),
         jobs=[score_models_job, map_job],

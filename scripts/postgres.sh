@@ -36,6 +36,6 @@ PostgreSQL on 127.0.0.1:$PGPORT (data in $PGDATA). To use it:
   export MODELMAP_PG_HOST=127.0.0.1 MODELMAP_PG_PORT=$PGPORT MODELMAP_PG_USER=modelmap \\
          MODELMAP_PG_PASSWORD= MODELMAP_PG_DB=modelmap
   export MLFLOW_TRACKING_URI=postgresql+psycopg2://modelmap@127.0.0.1:$PGPORT/mlflow
-  cp dagster_home/dagster.postgres.yaml <your DAGSTER_HOME>/dagster.yaml
+  cat dagster_home/dagster.yaml dagster_home/storage.postgres.yaml > <your DAGSTER_HOME>/dagster.yaml
 Stop it with: $PGBIN/pg_ctl -D $PGDATA stop   (as the postgres user when root)
 INFO

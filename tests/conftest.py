@@ -83,7 +83,7 @@ def hub(tmp_path):
 def postgres():
     """A PostgreSQL server of its own (Debian's package, installed by scripts/postgres.sh when
     missing) on a free port, with the databases `modelmap` and `mlflow`; the MODELMAP_PG_*
-    variables that dagster.postgres.yaml reads, and the MLflow URI on the same server."""
+    variables that storage.postgres.yaml reads, and the MLflow URI on the same server."""
     import shutil
     import subprocess
 

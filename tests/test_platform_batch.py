@@ -40,7 +40,7 @@ def platform(tmp_path, postgres):
     rows = [f"batch/m{i:02d},{30 + i % 7},{40 + i % 5}" for i in range(N_MODELS)]
     scores.write_text("\n".join(["model,arc_challenge,hellaswag", *rows]) + "\n")
     env = {**postgres, "MODELMAP_MLFLOW": "off", "MODELMAP_BENCHMARK_FILE": str(scores)}
-    platform = prepare(tmp_path, instance_yaml="dagster.postgres.yaml", extra_env=env)
+    platform = prepare(tmp_path, postgres=True, extra_env=env)
     yield platform
     platform.instance.dispose()
 

@@ -25,7 +25,8 @@ from platformtools import runs_of, wait_for
 
 from modelmap.likelihoods import corpus_rows
 from modelmap_assets.definitions import build_resources
-from modelmap_assets.instance.launcher import run_worker_pid, worker_alive
+from modelmap_assets.instance.launcher import run_worker_pid, worker_health
+from modelmap_assets.instance.processes import worker_alive
 from modelmap_assets.partitions import models_partitions
 from workshop.platform import prepare, running_platform
 
@@ -123,14 +124,115 @@ def test_killed_scoring_run_fails_leaves_nothing_and_its_retry_completes(platfor
     np.testing.assert_allclose(written["loglik"].to_numpy(), direct.loglik_nats, rtol=1e-5)
 
 
-def test_sqlite_and_postgres_instances_differ_only_in_storage():
-    """The launcher, queue, pool, monitoring and retries are the same on both backends."""
+def test_the_postgres_instance_is_dagster_yaml_with_its_storage_layered_on():
+    """One instance file: the PostgreSQL fragment holds only `storage`, which dagster.yaml
+    leaves to Dagster's SQLite default, so the two files one after the other are the
+    PostgreSQL instance (what scripts/postgres.sh tells a user to write)."""
     home = Path(__file__).resolve().parents[1] / "dagster_home"
-    sqlite = yaml.safe_load((home / "dagster.yaml").read_text())
-    postgres = yaml.safe_load((home / "dagster.postgres.yaml").read_text())
-    assert postgres.pop("storage")["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
-    assert sqlite == postgres
-    assert sqlite["run_launcher"]["class"] == "LocalRunLauncher"
+    base_text = (home / "dagster.yaml").read_text()
+    fragment_text = (home / "storage.postgres.yaml").read_text()
+    base, fragment = yaml.safe_load(base_text), yaml.safe_load(fragment_text)
+    assert list(fragment) == ["storage"] and "storage" not in base
+    assert fragment["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert base_text.endswith("\n")
+    assert yaml.safe_load(base_text + fragment_text) == {**base, **fragment}
+    assert base["run_launcher"] == {
+        "module": "modelmap_assets.instance.launcher",
+        "class": "LocalRunLauncher",
+    }
+    script = (home.parent / "scripts" / "postgres.sh").read_text()
+    assert "cat dagster_home/dagster.yaml dagster_home/storage.postgres.yaml >" in script
+
+
+WORKER_LOCATION = """
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+
+MARKERS = Path({markers!r})
+
+
+@dg.asset
+def worker_pid() -> dg.MaterializeResult:
+    (MARKERS / "started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not (MARKERS / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return dg.MaterializeResult(metadata={{"pid": os.getpid()}})
+
+
+defs = dg.Definitions(
+    assets=[worker_pid],
+    jobs=[dg.define_asset_job("record_pid", selection=[worker_pid])],
+    executor=dg.in_process_executor,
+)
+"""
+
+
+@pytest.mark.slow
+def test_the_launcher_checks_the_pid_of_a_real_run_worker(tmp_path):
+    """A run launched by `LocalRunLauncher` on the installed Dagster (its code server starts
+    the run worker): the pid the launcher finds is the process that ran the step; the health
+    check says running while it runs and failed once the process is gone."""
+    home, markers = tmp_path / "home", tmp_path / "markers"
+    home.mkdir()
+    markers.mkdir()
+    committed = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml").read_text()
+    )
+    # No daemon here: the run is launched at once instead of queued.
+    committed["run_coordinator"] = {
+        "module": "dagster.core.run_coordinator",
+        "class": "DefaultRunCoordinator",
+    }
+    (home / "dagster.yaml").write_text(yaml.safe_dump(committed))
+    location = tmp_path / "location.py"
+    location.write_text(WORKER_LOCATION.format(markers=str(markers)))
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    dagster = Path(sys.executable).parent / "dagster"
+    launch = subprocess.Popen(
+        [str(dagster), "job", "launch", "-f", str(location), "-j", "record_pid"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        started = markers / "started"
+        wait_for(started.exists, 120, "the run worker to start the step", 0.2)
+        step_pid = int(started.read_text())
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            (run,) = instance.get_runs()
+            found = wait_for(lambda: run_worker_pid(instance, run.run_id), 30, "the pid", 0.2)
+            assert found[0] == step_pid
+            launcher = instance.run_launcher
+            assert launcher.supports_check_run_worker_health
+            health = launcher.check_run_worker_health(instance.get_run_by_id(run.run_id))
+            assert health.status.value == "RUNNING", health
+            (markers / "release").write_text("")
+            output = launch.communicate(timeout=120)[0]
+            assert launch.returncode == 0, output
+            run = wait_for(
+                lambda: (
+                    instance.get_run_by_id(run.run_id).is_finished
+                    and instance.get_run_by_id(run.run_id)
+                ),
+                60,
+                "the run to finish",
+            )
+            assert run.status == dg.DagsterRunStatus.SUCCESS
+            wait_for(lambda: not worker_alive(*found), 30, "the run worker to exit", 0.2)
+            assert worker_health(instance, run) == (
+                False,
+                f"run worker process {step_pid} is gone (killed or crashed) without ending the run",
+            )
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+            launch.wait()
 
 
 def test_worker_alive_tells_a_live_process_from_a_dead_or_reused_pid():

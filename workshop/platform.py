@@ -1,8 +1,8 @@
 """A fresh local platform for tests, benchmarks and the demo: DAGSTER_HOME, data, models,
 corpus, and the code server, daemon and webserver as a deployment runs them.
 
-`prepare()` lays out a DAGSTER_HOME with one of the committed instance files (SQLite
-`dagster.yaml` or `dagster.postgres.yaml`), builds the small zoo as the local models and
+`prepare()` lays out a DAGSTER_HOME with the committed instance file (SQLite `dagster.yaml`,
+or it with `storage.postgres.yaml` layered on), builds the small zoo as the local models and
 materializes a corpus; `local_platform(env, logs)` then runs one code server, the daemon and
 the webserver. (`make ui` is the development loop: there the daemon and the webserver each
 load `workspace.yaml` themselves, so the daemon picks up edited code within a minute.)
@@ -225,19 +225,22 @@ class PreparedPlatform:
 def prepare(
     root: Path,
     *,
-    instance_yaml: str = "dagster.yaml",
+    postgres: bool = False,
     n_texts: int = 40,
     extra_env: Mapping[str, str] | None = None,
 ) -> PreparedPlatform:
-    """A platform in `root`: `instance_yaml` as DAGSTER_HOME's dagster.yaml, the small zoo as
-    the local models, a corpus of `n_texts` materialized. `extra_env` adds or overrides
-    variables (MODELMAP_PG_* for PostgreSQL, MODELMAP_MLFLOW, ...)."""
+    """A platform in `root`: the committed dagster.yaml as DAGSTER_HOME's (PostgreSQL storage
+    layered on it when `postgres`), the small zoo as the local models, a corpus of `n_texts`
+    materialized. `extra_env` adds or overrides variables (MODELMAP_PG_* for PostgreSQL,
+    MODELMAP_MLFLOW, ...)."""
     from modelmap_assets.cli.main import materialize_corpus
     from modelmap_assets.definitions import build_resources
 
     home = root / "dagster_home"
     home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster_home" / instance_yaml, home / "dagster.yaml")
+    layers = ["dagster.yaml", *(["storage.postgres.yaml"] if postgres else [])]
+    instance_yaml = "".join((REPO / "dagster_home" / name).read_text() for name in layers)
+    (home / "dagster.yaml").write_text(instance_yaml)
     zoo_dir = root / "models"
     zoo = build_zoo(zoo_dir, spec=ZooSpec.small(), log=lambda s: None)
     env = {

@@ -6,12 +6,13 @@ and keeps its `gpu` pool slot, and every later scoring step waits on it. And whi
 waits for a slot, Dagster only notes a Ctrl-C (or SIGTERM) for its next checkpoint, which a
 waiting run never reaches. `materialize_here` closes both holes:
 
-- each run carries the host and pid of its process as tags (`PROCESS_HOST_TAG`,
-  `PROCESS_PID_TAG`), so `fail_dead_runs` (called before every in-process run, and by the
-  launcher's health check for the monitoring daemon) marks a run of this host whose process
-  is gone failed and frees its slots, whatever started it;
+- each run carries the host and pid of its process as tags (`processes.process_tags`), so
+  `fail_dead_runs` (called before every in-process run) marks a run of this host whose process
+  is gone failed and frees its slots, whatever started it; the launcher's health check reads
+  the same tags for the monitoring daemon;
 - a watchdog thread sees an interrupt that no checkpoint took within a second (a run waiting
   for a slot): it marks this process's runs failed, frees their slots and exits (status 130).
+  It reads Dagster's private note of a captured interrupt (the `interrupt_watch` workaround).
 """
 
 from __future__ import annotations
@@ -23,31 +24,18 @@ import time
 from contextlib import contextmanager
 
 import dagster as dg
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
-from dagster._utils import interrupts
 
 from modelmap.storage import host_id
-from modelmap_assets.instance import pool_wait
+from modelmap_assets.instance import workarounds
+from modelmap_assets.instance.processes import (
+    PROCESS_PID_TAG,
+    process_tags,
+    tagged_process,
+    worker_alive,
+)
+from modelmap_assets.runs import in_progress_runs
 
-PROCESS_HOST_TAG = "modelmap/process_host"
-PROCESS_PID_TAG = "modelmap/process_pid"
 UNTAKEN_INTERRUPT_S = 1.0  # an interrupt a checkpoint has not taken by then: a waiting run
-
-
-def process_tags() -> dict[str, str]:
-    return {PROCESS_HOST_TAG: host_id(), PROCESS_PID_TAG: str(os.getpid())}
-
-
-def tagged_process(run: dg.DagsterRun) -> tuple[str, int] | None:
-    """(host id, pid) of the process a run was executed in, when `materialize_here` ran it."""
-    host, pid = run.tags.get(PROCESS_HOST_TAG), run.tags.get(PROCESS_PID_TAG)
-    if host is None or pid is None or not pid.isdigit():
-        return None
-    return host, int(pid)
-
-
-def _in_progress(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES))))
 
 
 def end_run(instance: dg.DagsterInstance, run: dg.DagsterRun, why: str) -> None:
@@ -59,10 +47,8 @@ def end_run(instance: dg.DagsterInstance, run: dg.DagsterRun, why: str) -> None:
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Fail the in-progress runs executed in a process of this host that no longer exists (or
     is another process with a reused pid); free their slots. Returns their run ids."""
-    from modelmap_assets.instance.launcher import worker_alive
-
     ended = []
-    for run in _in_progress(instance):
+    for run in in_progress_runs(instance):
         tagged = tagged_process(run)
         if tagged is None or tagged[0] != host_id():
             continue  # another host's process, or one a launcher watches
@@ -82,20 +68,25 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 @contextmanager
 def _stop_on_untaken_interrupt(instance: dg.DagsterInstance):
     """While the block runs, turn an interrupt that Dagster captured but no checkpoint took
-    into: this process's runs failed, their slots freed, exit 130."""
+    into: this process's runs failed, their slots freed, exit 130. Without Dagster's note of a
+    captured interrupt (the `interrupt_watch` workaround off) the block runs unwatched."""
+    captured = workarounds.interrupt_check()
+    if captured is None:
+        yield
+        return
     done = threading.Event()
 
     def watch() -> None:
         since = None
         while not done.wait(0.2):
-            if not interrupts.check_captured_interrupt():
+            if not captured():
                 since = None
                 continue
             since = since or time.monotonic()
             if time.monotonic() - since < UNTAKEN_INTERRUPT_S:
                 continue
             mine = str(os.getpid())
-            for run in _in_progress(instance):
+            for run in in_progress_runs(instance):
                 if run.tags.get(PROCESS_PID_TAG) == mine:
                     end_run(instance, run, "interrupted (Ctrl-C or SIGTERM) while waiting")
             print("interrupted: the run is marked failed and its slots freed", file=sys.stderr)
@@ -113,7 +104,7 @@ def _stop_on_untaken_interrupt(instance: dg.DagsterInstance):
 def materialize_here(assets, *, instance: dg.DagsterInstance, tags=None, **kwargs):
     """`dg.materialize` in this process, with dead runs of this host failed first, this
     process recorded on the run, and Ctrl-C honoured while the run waits for a slot."""
-    pool_wait.patch()  # a run waiting for its slot sleeps (runs in this process)
+    workarounds.patch_pool_wait()  # a run waiting for its slot sleeps (runs in this process)
     ended = fail_dead_runs(instance)
     if ended:
         print(f"marked {len(ended)} dead run(s) failed and freed their slots: {ended}")
