@@ -10,10 +10,12 @@ import pytest
 
 from modelmap.geometry.centering import double_centre
 from modelmap.geometry.kl import two_kl_nats
+from modelmap.geometry.neighbours import place
 from modelmap.likelihoods import TEXT_SET_BUDGET, likelihood_frame
 from modelmap_assets.automation.conditions import EAGER, coordinates_condition, with_schedule
 from modelmap_assets.definitions import ASSETS
-from modelmap_assets.geometry.placement import neighbours, place
+from modelmap_assets.geometry.placement import neighbours
+from modelmap_assets.metadata import placement_metadata
 from modelmap_assets.partitions import models_partitions
 from resources.settings import build_resources
 
@@ -76,7 +78,7 @@ def mapped(tmp_path_factory):
 def test_new_model_neighbours_equal_the_matrix_with_the_frozen_clip(mapped):
     storage, keys, L = mapped["storage"], mapped["keys"], mapped["L"]
     new = keys[-1]  # family 3, scored after the map was built
-    placed = place(storage, new, k=5)
+    placed = place(storage.root, new, k=5)
     assert not placed.in_map and placed.among == 24
     assert placed.neighbours["neighbour"].str.starts_with("fam3/").all()
     # Reference: the 25 models' clipped, double-centred matrix with the map's clip value.
@@ -92,14 +94,14 @@ def test_new_model_neighbours_equal_the_matrix_with_the_frozen_clip(mapped):
     xy = mp.select("x", "y").to_numpy()
     near = np.argsort(np.linalg.norm(xy - [placed.x, placed.y], axis=1))[:3]
     assert all(k.startswith("fam3/") for k in mp["key"].gather(near).to_list())
-    meta = placed.metadata()
+    meta = placement_metadata(placed)
     assert meta["nearest_model"].startswith("fam3/") and "map_x" in meta
 
 
 @pytest.mark.slow
 def test_a_mapped_model_is_not_its_own_neighbour_and_keeps_its_point(mapped):
     storage, keys = mapped["storage"], mapped["keys"]
-    placed = place(storage, keys[0], k=3)
+    placed = place(storage.root, keys[0], k=3)
     assert placed.in_map and keys[0] not in placed.neighbours["neighbour"].to_list()
     mp = pl.read_parquet(storage.root / "model_map" / "map.parquet").filter(
         pl.col("key") == keys[0]
@@ -116,7 +118,7 @@ def test_a_budget_row_is_placed_from_its_texts(mapped):
         likelihood_frame(texts, L[-2][texts]),
         {"corpus_hash": HASH, "text_set": TEXT_SET_BUDGET, "selection_hash": "s"},
     )
-    placed = place(storage, "fam2/budget", k=4)
+    placed = place(storage.root, "fam2/budget", k=4)
     assert placed.text_set == TEXT_SET_BUDGET
     assert placed.neighbours["neighbour"].str.starts_with("fam2/").all()
 

@@ -16,7 +16,6 @@ from modelmap.reports.benchmarks import (
     match_models,
 )
 from modelmap.reports.tasks import TaskError, evaluate_tasks, tasks_hash
-from modelmap.scoring.engine import default_token_budget
 from modelmap.storage import write_parquet
 from modelmap_assets.metadata import md_table
 from modelmap_assets.partitions import models_partitions
@@ -83,13 +82,13 @@ def benchmark_scores(
             started_at -= job.wait_s
             try:
                 tasks = tasks or benchmarks.tasks()
-                loaded, *_ = job.get()
+                _, loaded = job.get()
                 results = evaluate_tasks(
                     loaded.model,
                     loaded.tokenizer,
                     tasks,
                     context=loaded.context_length,
-                    token_budget=scorer.token_budget or default_token_budget(loaded.device),
+                    token_budget=scorer.scorer().batch_token_budget(loaded.device),
                     log=lambda s, key=key: context.log.info(f"{key}: {s}"),
                 )
             except (*MODEL_ERRORS, TaskError) as exc:
