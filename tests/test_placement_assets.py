@@ -2,6 +2,7 @@
 refresh, through the real assets on a real Dagster instance with synthetic likelihood files."""
 
 import json
+import logging
 
 import dagster as dg
 import numpy as np
@@ -17,6 +18,7 @@ from modelmap_assets.definitions import ASSETS
 from modelmap_assets.geometry.placement import neighbours
 from modelmap_assets.metadata import placement_metadata
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.scoring.assets import placement_of
 from resources.settings import build_resources
 
 N, N_FAM, PER_FAM = 80, 4, 6
@@ -96,6 +98,34 @@ def test_new_model_neighbours_equal_the_matrix_with_the_frozen_clip(mapped):
     assert all(k.startswith("fam3/") for k in mp["key"].gather(near).to_list())
     meta = placement_metadata(placed)
     assert meta["nearest_model"].startswith("fam3/") and "map_x" in meta
+
+
+@pytest.mark.slow
+def test_a_scored_model_s_materialization_carries_its_placement(mapped, caplog):
+    storage, keys = mapped["storage"], mapped["keys"]
+    with caplog.at_level(logging.INFO):
+        meta = placement_of(storage, keys[-2], logging.getLogger("likelihood"))
+    assert set(meta) == {
+        "placed_among",
+        "placement_s",
+        "nearest_neighbours",
+        "nearest_model",
+        "nearest_two_kl_bits_per_byte",
+        "map_x",
+        "map_y",
+    }
+    assert meta["placed_among"] == 24 and meta["nearest_model"].startswith("fam2/")
+    assert isinstance(meta["nearest_neighbours"], dg.MarkdownMetadataValue)
+    rows = meta["nearest_neighbours"].value.splitlines()[2:]  # the nearest ten, ranked
+    assert [r.split(" | ")[0] for r in rows] == [f"| {rank}" for rank in range(1, 11)]
+    assert f"{keys[-2]}: placed among 24 models" in caplog.text
+
+
+def test_a_model_without_a_map_is_scored_all_the_same(tmp_path, caplog):
+    storage = build_resources({"MODELMAP_DATA": str(tmp_path)})["storage"]
+    with caplog.at_level(logging.INFO):
+        assert placement_of(storage, "org/new", logging.getLogger("likelihood")) == {}
+    assert "org/new: not placed yet: no map to place models on yet" in caplog.text
 
 
 @pytest.mark.slow
