@@ -54,7 +54,7 @@ def requested_revision(context: dg.AssetExecutionContext, key: str) -> str | Non
     """The Hub sha the run must score for `key`, if the run pins one (else main)."""
     pinned = requested_revisions(context.run.tags).get(key)
     if pinned is None and context.run.tags.get("dagster/partition") == key:
-        pinned = context.run.tags.get(REVISION_TAG)  # single-model runs before batches
+        pinned = context.run.tags.get(REVISION_TAG)  # the tag of a single-model run
     return pinned
 
 
