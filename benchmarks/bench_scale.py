@@ -876,11 +876,9 @@ def place_new_model(instance, env, storage, writer: ScoreWriter, row) -> None:
     the file on disk to the neighbours and map position printed, and that process's peak RSS;
     `placement_s` is `place()` alone in this process (what the scoring run adds)."""
     try:
-        from modelmap_assets.geometry.placement import place
+        from modelmap.geometry.neighbours import place
     except ImportError:
-        print(
-            "  place_new_model: modelmap_assets.geometry.placement is not in this checkout: skipped"
-        )
+        print("  place_new_model: modelmap.geometry.neighbours is not in this checkout: skipped")
         return
     key = NEW_MODEL[0]
     register(instance, [key])
@@ -907,7 +905,7 @@ def place_new_model(instance, env, storage, writer: ScoreWriter, row) -> None:
         raise RuntimeError(f"modelmap neighbours {key} failed: {err.strip()[-2000:]}")
     placed = json.loads(out.strip().splitlines()[-1])
     nearest = placed["neighbours"][0]["neighbour"]
-    again = place(storage, key)
+    again = place(storage.root, key)
     row(
         "place_new_model",
         wall,

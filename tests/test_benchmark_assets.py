@@ -1,4 +1,7 @@
-"""`benchmark_scores` from a user's scores file, through Dagster, without loading any model."""
+"""`benchmark_scores` through Dagster: published scores from a user's scores file, and a
+model the file does not list measured on the tasks."""
+
+import shutil
 
 import dagster as dg
 import polars as pl
@@ -64,3 +67,30 @@ def test_a_bad_scores_file_fails_the_partition_naming_model_and_file(resources, 
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.user_failure_data.description
     assert message.startswith("model org/listed:") and "bad.csv" in message and "0..100" in message
+
+
+def test_a_model_the_file_does_not_list_is_measured_on_the_tasks(resources, tiny_model, tmp_path):
+    shutil.copytree(tiny_model, tmp_path / "models" / "org" / "unlisted")
+    env = {
+        "MODELMAP_DATA": str(tmp_path / "data"),
+        "MODELMAP_LOCAL_MODELS": str(tmp_path / "models"),
+        "MODELMAP_DEVICE": "cpu",
+        "MODELMAP_DTYPE": "float32",
+        "MODELMAP_MLFLOW": "off",
+    }
+    resources = {
+        **build_resources(env),
+        "benchmarks": BenchmarkResource(
+            scores_file=resources["benchmarks"].scores_file, measure="missing", n_items=4
+        ),
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("models", ["org/unlisted"])
+        result = _materialize(instance, resources, "org/unlisted")
+        assert result.success
+        (event,) = instance.fetch_materializations(dg.AssetKey("benchmark_scores"), limit=1).records
+    meta = event.asset_materialization.metadata
+    assert meta["dtype"].value == "float32" and meta["n_published"].value == 0
+    measured = pl.read_parquet(resources["storage"].benchmark_path("org/unlisted"))
+    assert set(measured["source"]) == {"measured"} and measured.height > 0
+    assert measured["score"].is_between(0, 100).all()

@@ -2,6 +2,7 @@
 refresh, through the real assets on a real Dagster instance with synthetic likelihood files."""
 
 import json
+import logging
 
 import dagster as dg
 import numpy as np
@@ -10,11 +11,14 @@ import pytest
 
 from modelmap.geometry.centering import double_centre
 from modelmap.geometry.kl import two_kl_nats
+from modelmap.geometry.neighbours import place
 from modelmap.likelihoods import TEXT_SET_BUDGET, likelihood_frame
 from modelmap_assets.automation.conditions import EAGER, coordinates_condition, with_schedule
 from modelmap_assets.definitions import ASSETS
-from modelmap_assets.geometry.placement import neighbours, place
+from modelmap_assets.geometry.placement import neighbours
+from modelmap_assets.metadata import placement_metadata
 from modelmap_assets.partitions import models_partitions
+from modelmap_assets.scoring.assets import placement_of
 from resources.settings import build_resources
 
 N, N_FAM, PER_FAM = 80, 4, 6
@@ -76,7 +80,7 @@ def mapped(tmp_path_factory):
 def test_new_model_neighbours_equal_the_matrix_with_the_frozen_clip(mapped):
     storage, keys, L = mapped["storage"], mapped["keys"], mapped["L"]
     new = keys[-1]  # family 3, scored after the map was built
-    placed = place(storage, new, k=5)
+    placed = place(storage.root, new, k=5)
     assert not placed.in_map and placed.among == 24
     assert placed.neighbours["neighbour"].str.starts_with("fam3/").all()
     # Reference: the 25 models' clipped, double-centred matrix with the map's clip value.
@@ -92,14 +96,42 @@ def test_new_model_neighbours_equal_the_matrix_with_the_frozen_clip(mapped):
     xy = mp.select("x", "y").to_numpy()
     near = np.argsort(np.linalg.norm(xy - [placed.x, placed.y], axis=1))[:3]
     assert all(k.startswith("fam3/") for k in mp["key"].gather(near).to_list())
-    meta = placed.metadata()
+    meta = placement_metadata(placed)
     assert meta["nearest_model"].startswith("fam3/") and "map_x" in meta
+
+
+@pytest.mark.slow
+def test_a_scored_model_s_materialization_carries_its_placement(mapped, caplog):
+    storage, keys = mapped["storage"], mapped["keys"]
+    with caplog.at_level(logging.INFO):
+        meta = placement_of(storage, keys[-2], logging.getLogger("likelihood"))
+    assert set(meta) == {
+        "placed_among",
+        "placement_s",
+        "nearest_neighbours",
+        "nearest_model",
+        "nearest_two_kl_bits_per_byte",
+        "map_x",
+        "map_y",
+    }
+    assert meta["placed_among"] == 24 and meta["nearest_model"].startswith("fam2/")
+    assert isinstance(meta["nearest_neighbours"], dg.MarkdownMetadataValue)
+    rows = meta["nearest_neighbours"].value.splitlines()[2:]  # the nearest ten, ranked
+    assert [r.split(" | ")[0] for r in rows] == [f"| {rank}" for rank in range(1, 11)]
+    assert f"{keys[-2]}: placed among 24 models" in caplog.text
+
+
+def test_a_model_without_a_map_is_scored_all_the_same(tmp_path, caplog):
+    storage = build_resources({"MODELMAP_DATA": str(tmp_path)})["storage"]
+    with caplog.at_level(logging.INFO):
+        assert placement_of(storage, "org/new", logging.getLogger("likelihood")) == {}
+    assert "org/new: not placed yet: no map to place models on yet" in caplog.text
 
 
 @pytest.mark.slow
 def test_a_mapped_model_is_not_its_own_neighbour_and_keeps_its_point(mapped):
     storage, keys = mapped["storage"], mapped["keys"]
-    placed = place(storage, keys[0], k=3)
+    placed = place(storage.root, keys[0], k=3)
     assert placed.in_map and keys[0] not in placed.neighbours["neighbour"].to_list()
     mp = pl.read_parquet(storage.root / "model_map" / "map.parquet").filter(
         pl.col("key") == keys[0]
@@ -116,7 +148,7 @@ def test_a_budget_row_is_placed_from_its_texts(mapped):
         likelihood_frame(texts, L[-2][texts]),
         {"corpus_hash": HASH, "text_set": TEXT_SET_BUDGET, "selection_hash": "s"},
     )
-    placed = place(storage, "fam2/budget", k=4)
+    placed = place(storage.root, "fam2/budget", k=4)
     assert placed.text_set == TEXT_SET_BUDGET
     assert placed.neighbours["neighbour"].str.starts_with("fam2/").all()
 

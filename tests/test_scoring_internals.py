@@ -14,7 +14,7 @@ from modelmap.scoring.engine import (
     tokenizer_fingerprint,
 )
 from modelmap.scoring.prefetch import prefetched
-from resources.scorer import ScorerResource
+from modelmap.scoring.scorer import Scorer
 
 
 def test_batch_arrays_match_a_plain_loop():
@@ -111,7 +111,7 @@ def test_loading_in_turn_stays_in_the_callers_thread_and_keeps_errors_per_item()
 
 
 def test_the_scorer_loads_ahead_on_cuda_only_unless_told():
-    assert ScorerResource(device="cpu").loads_ahead() == 0
-    assert ScorerResource(device="cpu", prefetch=True).loads_ahead() == 1
-    assert ScorerResource(device="auto", prefetch=False).loads_ahead() == 0
-    assert ScorerResource(device="cuda:1").loads_ahead() == 1  # says so even without a GPU
+    assert Scorer(device="cpu").loads_ahead() == 0
+    assert Scorer(device="cpu", prefetch=True).loads_ahead() == 1
+    assert Scorer(device="auto", prefetch=False).loads_ahead() == 0
+    assert Scorer(device="cuda:1").loads_ahead() == 1  # says so even without a GPU

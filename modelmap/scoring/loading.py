@@ -39,11 +39,15 @@ class LoadedModel:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The device a `device` setting names: `auto` is CUDA when present, else the CPU; any
+    other value (`cpu`, `cuda`, `cuda:1`, ...) is that device, present or not. The one reading
+    of the setting (`MODELMAP_DEVICE`): loading, prefetching and batch sizes all follow it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N ({exc})") from exc
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -99,6 +103,8 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_device = resolve_device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
     torch_dtype = resolve_dtype(dtype, torch_device)
     folder = Path(source)
     if not (folder / "config.json").is_file():

@@ -249,10 +249,10 @@ def print_neighbours(key: str, k: int, as_json: bool) -> int:
     """`modelmap neighbours KEY`: place the model against the current map and print it."""
     import json
 
-    from modelmap_assets.geometry.placement import PlacementError, place
+    from modelmap.geometry.neighbours import PlacementError, place
 
     try:
-        placed = place(build_resources(os.environ)["storage"], key, k)
+        placed = place(build_resources(os.environ)["storage"].root, key, k)
     except PlacementError as exc:
         print(f"modelmap neighbours: {exc}", file=sys.stderr)
         return 1

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import dagster as dg
 import numpy as np
 import polars as pl
-import torch
 from pydantic import Field
 
+from modelmap.geometry.neighbours import PlacementError, place
 from modelmap.likelihoods import (
     SPLIT_TWIN,
     TEXT_SET_ALL,
@@ -17,20 +17,21 @@ from modelmap.likelihoods import (
     corpus_rows,
     likelihood_frame,
 )
-from modelmap.scoring.engine import ScoreResult, ScoringError
+from modelmap.scoring.engine import ScoringError
 from modelmap.scoring.loading import LoadedModel, ModelLoadError
-from modelmap.scoring.prefetch import Prefetched, prefetched
+from modelmap.scoring.prefetch import Prefetched
+from modelmap.scoring.scorer import ModelFiles, ModelScores, peak_memory_mb
 from modelmap.selections import read_selection
 from modelmap.storage import InvalidModelKey, validate_model_key
 from modelmap_assets.corpus.assets import corpus
-from modelmap_assets.geometry.placement import placement_metadata
+from modelmap_assets.metadata import placement_metadata
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.scoring.batches import BATCH_POLICY, BatchFailures, requested_revisions
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
 from resources.mlflow import MlflowResource
 from resources.models import ModelSourceResource
-from resources.scorer import ScorerResource, peak_memory_mb
+from resources.scorer import ScorerResource
 from resources.storage import StorageResource
 
 LIKELIHOOD = dg.AssetKey("likelihood")
@@ -53,30 +54,26 @@ def requested_revision(context: dg.AssetExecutionContext, key: str) -> str | Non
     """The Hub sha the run must score for `key`, if the run pins one (else main)."""
     pinned = requested_revisions(context.run.tags).get(key)
     if pinned is None and context.run.tags.get("dagster/partition") == key:
-        pinned = context.run.tags.get(REVISION_TAG)  # single-model runs before batches
+        pinned = context.run.tags.get(REVISION_TAG)  # the tag of a single-model run
     return pinned
 
 
-def load_model(
+def model_files(
     context: dg.AssetExecutionContext,
     key: str,
-    scorer: ScorerResource,
     model_source: ModelSourceResource,
     hub: HubResource,
-) -> tuple[LoadedModel, dict, str, bool]:
-    """Model `key`, loaded: (model, its description, its folder, trust_remote_code).
-
-    A Hub model is downloaded at exactly the sha the sensor saw (the run's tags), else at
-    main; a local model comes from its folder.
-    """
+) -> ModelFiles:
+    """Model `key`'s files: a Hub model downloaded at exactly the sha the sensor saw (the
+    run's tags), else at main; a local model's folder."""
     validate_model_key(key)
     info = model_source.describe(key)
-    path, sha = info["path"], None
+    folder, sha = info["path"], None
     trust = hub.trusts_remote_code(key)
-    if path is None:
-        path, sha, card = hub.fetch(key, requested_revision(context, key))
+    if folder is None:
+        folder, sha, card = hub.fetch(key, requested_revision(context, key))
         info.update(card)
-    return scorer.load(key, path, revision=sha, trust_remote_code=trust), info, path, trust
+    return ModelFiles(key, folder, sha, trust, info)
 
 
 def prefetched_models(
@@ -85,14 +82,10 @@ def prefetched_models(
     scorer: ScorerResource,
     model_source: ModelSourceResource,
     hub: HubResource,
-) -> Iterator[Prefetched]:
-    """The run's models in order; on CUDA the next one loads while the caller scores the
-    current (`ScorerResource.loads_ahead`)."""
-    return prefetched(
-        keys,
-        lambda key: load_model(context, key, scorer, model_source, hub),
-        ahead=scorer.loads_ahead(),
-    )
+) -> Iterator[Prefetched[str, tuple[ModelFiles, LoadedModel]]]:
+    """The run's models in order, each (its files, the loaded model); on CUDA the next one
+    loads while the caller scores the current (`Scorer.in_turn`)."""
+    return scorer.scorer().in_turn(keys, lambda key: model_files(context, key, model_source, hub))
 
 
 def read_corpus_or_fail(storage: StorageResource) -> tuple[pl.DataFrame, dict]:
@@ -226,47 +219,21 @@ def likelihood(
         storage, config.text_set, texts, corpus_meta["corpus_hash"]
     )
     twins = storage.read_twins(corpus_meta["corpus_hash"])
+    corpus_texts = texts["text"].to_list()
+    # Held-out twins (leakage screen only) are scored too, never part of L.
+    twin_texts = None if twins is None else twins[0]["text"].to_list()
     failures = BatchFailures(keys)
     for job in prefetched_models(context, keys, scorer, model_source, hub):
         key, started_at = job.item, time.time() - job.wait_s
         try:
-            loaded, info, path, trust = job.get()
-            loaded, result = score_model(context, scorer, loaded, path, trust, texts)
-            # Held-out twins (leakage screen only): a separate call, so the corpus rows are
-            # the same as without them.
-            twin_result = None
-            if twins is not None:
-                twin_result = scorer.score(loaded, twins[0]["text"].to_list(), log=context.log.info)
+            files, loaded = job.get()
+            scores = scorer.scorer().score_model(
+                files, loaded, corpus_texts, twin_texts, context.log.info, context.log.warning
+            )
         except MODEL_ERRORS as exc:
             failures.add(key, model_failure(key, exc), context.log)
             continue
-        frames = [likelihood_frame(texts["text_id"], result.loglik_nats, result.n_tokens)]
-        twin_meta = {}
-        if twin_result is not None:
-            frames.append(
-                likelihood_frame(
-                    twins[0]["text_id"], twin_result.loglik_nats, twin_result.n_tokens, SPLIT_TWIN
-                )
-            )
-            twin_meta = {"twins_hash": twins[1]["twins_hash"], "twin_wall_s": twin_result.wall_s}
-        meta = {
-            "key": key,
-            "family": info.get("family"),
-            "base_models": _base_models(info),
-            "revision": loaded.revision,
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-            "device": str(loaded.device),
-            "n_params": loaded.n_params,
-            "context_length": loaded.context_length,
-            "tokens_per_s": result.tokens_per_s,
-            "wall_s": result.wall_s,
-            "peak_mem_mb": peak_memory_mb(loaded.device),
-            "corpus_hash": corpus_meta["corpus_hash"],
-            "mean_loglik_nats": float(np.mean(result.loglik_nats)),
-            "input_tokens": result.input_tokens,
-            **twin_meta,
-            **text_set_meta,
-        }
+        frames, meta = likelihood_file(files, scores, texts, twins, corpus_meta, text_set_meta)
         yield from record_likelihood(
             context,
             storage,
@@ -280,26 +247,44 @@ def likelihood(
     failures.raise_if_any()
 
 
-def score_model(
-    context: dg.AssetExecutionContext,
-    scorer: ScorerResource,
-    loaded: LoadedModel,
-    path: str,
-    trust: bool,
+def likelihood_file(
+    files: ModelFiles,
+    scores: ModelScores,
     texts: pl.DataFrame,
-) -> tuple[LoadedModel, ScoreResult]:
-    """Score `texts` under `loaded`, once more in float32 if half precision overflowed."""
-    context.log.info(
-        f"{loaded.key}: {loaded.n_params:,} parameters, revision {loaded.revision[:12]}, "
-        f"{loaded.dtype} on {loaded.device}, context {loaded.context_length}; "
-        f"scoring {texts.height} texts"
-    )
-    try:
-        return loaded, scorer.score(loaded, texts["text"].to_list(), log=context.log.info)
-    except ScoringError as exc:
-        if loaded.dtype == torch.float32:
-            raise
-        return _retry_in_float32(context, scorer, loaded, path, trust, texts, exc)
+    twins: tuple[pl.DataFrame, dict] | None,
+    corpus_meta: dict,
+    text_set_meta: dict,
+) -> tuple[list[pl.DataFrame], dict]:
+    """One model's likelihood file: its frames (corpus rows, then twin rows) and metadata."""
+    loaded, result = scores.loaded, scores.corpus
+    frames = [likelihood_frame(texts["text_id"], result.loglik_nats, result.n_tokens)]
+    twin_meta = {}
+    if scores.twins is not None:
+        frames.append(
+            likelihood_frame(
+                twins[0]["text_id"], scores.twins.loglik_nats, scores.twins.n_tokens, SPLIT_TWIN
+            )
+        )
+        twin_meta = {"twins_hash": twins[1]["twins_hash"], "twin_wall_s": scores.twins.wall_s}
+    meta = {
+        "key": files.key,
+        "family": files.info.get("family"),
+        "base_models": _base_models(files.info),
+        "revision": loaded.revision,
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device": str(loaded.device),
+        "n_params": loaded.n_params,
+        "context_length": loaded.context_length,
+        "tokens_per_s": result.tokens_per_s,
+        "wall_s": result.wall_s,
+        "peak_mem_mb": peak_memory_mb(loaded.device),
+        "corpus_hash": corpus_meta["corpus_hash"],
+        "mean_loglik_nats": float(np.mean(result.loglik_nats)),
+        "input_tokens": result.input_tokens,
+        **twin_meta,
+        **text_set_meta,
+    }
+    return frames, meta
 
 
 def record_likelihood(
@@ -331,7 +316,7 @@ def record_likelihood(
         started_at=started_at,
     )
     # Neighbours and map position now, without waiting for the next full refresh.
-    placed = placement_metadata(storage, key, context.log)
+    placed = placement_of(storage, key, context.log)
     version = f"{meta['revision'][:16]}-{meta['corpus_hash'][:16]}" + (
         f"-budget-{meta['selection_hash'][:12]}" if "selection_hash" in meta else ""
     )
@@ -350,22 +335,22 @@ def record_likelihood(
     yield from likelihood_checks(storage, key, meta["corpus_hash"], expected_ids, corpus_now)
 
 
-def _retry_in_float32(
-    context: dg.AssetExecutionContext,
-    scorer: ScorerResource,
-    loaded: LoadedModel,
-    path: str,
-    trust: bool,
-    texts: pl.DataFrame,
-    error: ScoringError,
-) -> tuple[LoadedModel, ScoreResult]:
-    """Score once more in float32 (half precision can overflow to inf/NaN)."""
-    context.log.warning(f"{error}; retrying once in float32 instead of {loaded.dtype}")
-    loaded = scorer.load(
-        loaded.key, path, revision=loaded.revision, trust_remote_code=trust, dtype="float32"
-    )
+def placement_of(storage: StorageResource, key: str, log) -> dict:
+    """The placement metadata of a just-scored model (`placement_metadata`); {} (logged) when
+    it cannot be placed. Never fails the scoring run: the scores are written and the map will
+    include the model at its next refresh anyway."""
     try:
-        result = scorer.score(loaded, texts["text"].to_list(), log=context.log.info)
-    except ScoringError as again:
-        raise ScoringError(f"{again} (also after a retry in float32)") from again
-    return loaded, result
+        placed = place(storage.root, key)
+    except PlacementError as exc:
+        log.info(f"{key}: not placed yet: {exc}")
+        return {}
+    except Exception as exc:  # a placement bug must not lose a scored model
+        log.warning(f"{key}: placement failed ({type(exc).__name__}: {exc})")
+        return {}
+    meta = placement_metadata(placed)
+    where = "" if placed.x is None else f", map position ({placed.x:.2f}, {placed.y:.2f})"
+    log.info(
+        f"{key}: placed among {placed.among} models in {placed.seconds:.2f} s; nearest "
+        f"{meta.get('nearest_model', '-')}{where}"
+    )
+    return meta

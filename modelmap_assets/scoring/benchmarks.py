@@ -15,8 +15,7 @@ from modelmap.reports.benchmarks import (
     empty_scores,
     match_models,
 )
-from modelmap.reports.tasks import TaskError, evaluate_tasks, tasks_hash
-from modelmap.scoring.engine import default_token_budget
+from modelmap.reports.tasks import TaskError, TaskResult, evaluate_tasks, tasks_hash
 from modelmap.storage import write_parquet
 from modelmap_assets.metadata import md_table
 from modelmap_assets.partitions import models_partitions
@@ -83,13 +82,13 @@ def benchmark_scores(
             started_at -= job.wait_s
             try:
                 tasks = tasks or benchmarks.tasks()
-                loaded, *_ = job.get()
+                _, loaded = job.get()
                 results = evaluate_tasks(
                     loaded.model,
                     loaded.tokenizer,
                     tasks,
                     context=loaded.context_length,
-                    token_budget=scorer.token_budget or default_token_budget(loaded.device),
+                    token_budget=scorer.scorer().batch_token_budget(loaded.device),
                     log=lambda s, key=key: context.log.info(f"{key}: {s}"),
                 )
             except (*MODEL_ERRORS, TaskError) as exc:
@@ -97,16 +96,7 @@ def benchmark_scores(
                 continue
             finally:
                 del job
-            parts.append(
-                pl.DataFrame(
-                    [
-                        (key, r.task, SUITE_TASKS, r.accuracy, "measured", r.n_items)
-                        for r in results
-                    ],
-                    schema=listed[key].schema,
-                    orient="row",
-                )
-            )
+            parts.append(measured_rows(key, results, listed[key].schema))
             tokens, seconds = sum(r.n_tokens for r in results), sum(r.seconds for r in results)
             meta.update(
                 tasks_hash=tasks_hash(tasks),
@@ -118,6 +108,15 @@ def benchmark_scores(
             del loaded
         yield record_scores(context, storage, mlflow, key, pl.concat(parts), meta, started_at)
     failures.raise_if_any()
+
+
+def measured_rows(key: str, results: list[TaskResult], schema: pl.Schema) -> pl.DataFrame:
+    """Model `key`'s accuracy (%) on each task, as rows of the scores table."""
+    return pl.DataFrame(
+        [(key, r.task, SUITE_TASKS, r.accuracy, "measured", r.n_items) for r in results],
+        schema=schema,
+        orient="row",
+    )
 
 
 def record_scores(
