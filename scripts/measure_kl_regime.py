@@ -17,7 +17,7 @@ each tensor's standard deviation; a 30-step fine-tune vs its base; another base 
 architecture (bases of two zoos, ``--extra-dir``); another architecture.
 
     PYTHONPATH=. .venv/bin/python scripts/measure_kl_regime.py \\
-        --zoo SMALL_ZOO --extra-dir .cache/modelmap/zoo/zoo --n-texts 300 \\
+        --zoo SMALL_ZOO --extra-dir .cache/modelmap/local/zoo --n-texts 300 \\
         --scores /tmp/zoo_scores.npz --out benchmarks/kl_regime.json
 
 The SmolLM2 family (`workshop.smollm.build_smollm_family`: the real 135M model, its 20-step

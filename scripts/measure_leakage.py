@@ -6,7 +6,7 @@ screens the zoo plus *one* planted model at a time (as a single leak would appea
 world: its relatives are the zoo's models, not other planted ones). Prints a table and writes
 ``benchmarks/leakage.json``. Per-model scores are cached under ``--work`` (reruns are quick).
 
-    python scripts/measure_leakage.py --zoo $MODELMAP_CACHE/zoo --work /tmp/leakwork
+    python scripts/measure_leakage.py --zoo $MODELMAP_CACHE/local --work /tmp/leakwork
 """
 
 from __future__ import annotations
