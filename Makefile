@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export MODELMAP_CACHE ?= $(CURDIR)/.cache/modelmap
 export MODELMAP_DATA ?= $(CURDIR)/data
+# The checkout on the import path: workshop/ (the demo's and the tests' stand-ins, `make hub`,
+# benchmarks/ and scripts/) is used from here, not installed with the product.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # Every other setting keeps its one default (README, Settings): the same with or without make.
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
@@ -81,8 +84,10 @@ mlflow: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(DAGSTER_HOME)/mlflow/mlflow.db} \
 		--default-artifact-root $(DAGSTER_HOME)/mlflow/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
+# `dg check defs` loads the code location as Dagster does ([tool.dg] in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/dg check defs
 
 clean:
 	rm -rf data dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -41,6 +41,9 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workshop/ is used from the checkout: it is not installed
+
 from modelmap_assets.cli.main import backfill
 from modelmap_assets.scoring.batches import MODELS_PER_RUN, RANGE_START_TAG
 from workshop.platform import local_platform, prepare

@@ -64,6 +64,9 @@ import polars as pl
 import psutil
 from dagster._core.instance.ref import InstanceRef
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workshop/ is used from the checkout: it is not installed
+
 from modelmap.likelihoods import likelihood_frame
 from modelmap.reports.benchmarks import OPEN_LLM_V1, SCORE_COLUMNS, SUITE_OPEN_LLM, empty_scores
 from modelmap.storage import write_parquet
@@ -76,7 +79,6 @@ from workshop.hub_server import synthetic_keys, synthetic_sha
 from workshop.localhttp import free_port, wait_until_up
 from workshop.platform import CODE_SERVER, local_platform
 
-REPO = Path(__file__).resolve().parents[1]
 DOWNSTREAM_NAMES = [a.key.to_user_string() for a in DOWNSTREAM]
 # The refresh is done when these have materialized and no run over all models is in progress.
 CORE = ("coordinates", "kl_table", "model_map", "regression_report", "leakage_report")

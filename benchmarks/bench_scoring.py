@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workshop/ is used from the checkout: it is not installed
 
 from modelmap.corpus.build import build_corpus
 from modelmap.scoring.engine import TOKEN_CACHE, plan_windows, score_texts, tokenize
@@ -52,7 +56,6 @@ from workshop.smollm import MODEL_KEY as SMOLLM_KEY
 from workshop.smollm import smollm2_folder
 from workshop.zoo import ZooSpec, build_zoo
 
-REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("MODELMAP_CACHE", REPO / ".cache" / "modelmap"))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -20,10 +20,14 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workshop/ is used from the checkout: it is not installed
 
 from modelmap.geometry.centering import clip_global, double_centre
 from modelmap.geometry.intervals import (

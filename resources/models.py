@@ -1,4 +1,4 @@
-"""Where a model key's weights come from: a local model folder (the zoo) or the Hub."""
+"""Where a model key's weights come from: a local model folder or the Hub."""
 
 import json
 import os
@@ -9,23 +9,27 @@ from pydantic import Field, field_validator
 
 from modelmap.storage import path_inside, validate_model_key
 
+#: The local models folder under the cache while `local_dirs` is unset.
+LOCAL_MODELS_DIR = "local"
+
 
 class ModelSourceResource(dg.ConfigurableResource):
     """Resolves a `models` partition key to a local folder or a Hub repo id.
 
-    The local folders hold a `zoo.json` registry (written by `modelmap zoo`) or model folders
-    laid out as `<dir>/<org>/<name>/config.json`; any other key is a Hub repo.
+    A local folder holds model folders laid out as `<dir>/<org>/<name>/config.json`, and may
+    list models with their family and declared base in a `zoo.json` registry (`modelmap zoo`
+    writes one); any other key is a Hub repo.
     """
 
     cache_dir: str = Field(
         default=".cache/modelmap",
-        description="modelmap's cache of rebuildable files: the zoo, Hub downloads "
-        "(`<cache>/hub`), the SmolLM2 family",
+        description="modelmap's cache: Hub downloads (`<cache>/hub`) and, unless "
+        "`MODELMAP_LOCAL_MODELS` says otherwise, the local models folder (`<cache>/local`)",
     )
     local_dirs: str | None = Field(
         default=None,
         description="folders of local models, `:`-separated (`os.pathsep`); unset: "
-        "`<cache>/zoo:<cache>/smollm2`; empty: every key is a Hub repo",
+        "`<cache>/local`; empty: every key is a Hub repo",
     )
 
     @field_validator("local_dirs", mode="before")
@@ -37,7 +41,7 @@ class ModelSourceResource(dg.ConfigurableResource):
     def folders(self) -> list[Path]:
         """The local model folders, in the order they are searched."""
         if self.local_dirs is None:
-            return [Path(self.cache_dir) / "zoo", Path(self.cache_dir) / "smollm2"]
+            return [Path(self.cache_dir) / LOCAL_MODELS_DIR]
         return [Path(d) for d in self.local_dirs.split(os.pathsep) if d]
 
     def _registry(self) -> dict[str, dict]:

@@ -17,7 +17,7 @@ each tensor's standard deviation; a 30-step fine-tune vs its base; another base 
 architecture (bases of two zoos, ``--extra-dir``); another architecture.
 
     PYTHONPATH=. .venv/bin/python scripts/measure_kl_regime.py \\
-        --zoo SMALL_ZOO --extra-dir .cache/modelmap/zoo/zoo --n-texts 300 \\
+        --zoo SMALL_ZOO --extra-dir .cache/modelmap/local/zoo --n-texts 300 \\
         --scores /tmp/zoo_scores.npz --out benchmarks/kl_regime.json
 
 The SmolLM2 family (`workshop.smollm.build_smollm_family`: the real 135M model, its 20-step
@@ -33,12 +33,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workshop/ is used from the checkout: it is not installed
 
 from modelmap.corpus.build import build_corpus
 from modelmap.geometry.centering import clip_global, double_centre

@@ -6,7 +6,7 @@ screens the zoo plus *one* planted model at a time (as a single leak would appea
 world: its relatives are the zoo's models, not other planted ones). Prints a table and writes
 ``benchmarks/leakage.json``. Per-model scores are cached under ``--work`` (reruns are quick).
 
-    python scripts/measure_leakage.py --zoo $MODELMAP_CACHE/zoo --work /tmp/leakwork
+    python scripts/measure_leakage.py --zoo $MODELMAP_CACHE/local --work /tmp/leakwork
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workshop/ is used from the checkout: it is not installed
 
 from modelmap.corpus.build import build_corpus, build_twins
 from modelmap.geometry.centering import clip_global, double_centre
@@ -26,8 +30,6 @@ from modelmap.reports import leakage, leakage_evidence, lineage
 from modelmap.reports.tasks import default_tasks, evaluate_tasks
 from resources.scorer import ScorerResource
 from workshop import leak_zoo, zoo
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def score_model(scorer, key, folder, corpus, twins, tasks, work: Path) -> dict:

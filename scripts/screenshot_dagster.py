@@ -10,9 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from workshop.browser import open_page
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workshop/ is used from the checkout: it is not installed
+
+from workshop.browser import open_page
 
 
 def main() -> int:

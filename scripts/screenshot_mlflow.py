@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workshop/ is used from the checkout: it is not installed
+
 from workshop.browser import open_page
 from workshop.localhttp import free_port, wait_until_up
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def screenshots(base: str, experiment_id: str, out: Path) -> None:

@@ -13,7 +13,8 @@
    daemon stop, and `make ui` shows every run (launched by the daemon), asset and map.
 
 The stand-ins (the zoo trainer, the local Hub, the SmolLM2 builder, the process starter) come
-from `workshop/`, imported here only; the code location never imports them.
+from `workshop/`; of the product this module uses the public entry points alone (the definitions
+and the command line's functions), and the product reaches it through `workshop/commands.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from pathlib import Path
 import dagster as dg
 
 from modelmap_assets.cli.backfill import set_sensor
-from modelmap_assets.partitions import models_partitions
+from modelmap_assets.cli.main import cache_dir, materialize_corpus, wait_for_refresh
+from modelmap_assets.definitions import DOWNSTREAM, build_resources
+
+#: The dynamic partitions the sensor adds models to (a contract of the code location).
+MODELS_PARTITIONS = "models"
+#: The assets of the map alone, without the reports.
+MAP_ASSETS = ("coordinates", "kl_table", "model_map")
 
 # The SmolLM2 models the demo scores by default. Each 135M-parameter model takes about eight
 # minutes to score (1,000 texts, their 100 twins and the benchmark tasks) on two CPU cores,
@@ -85,7 +92,7 @@ def wait_for_models(
         outcomes = model_outcomes(instance, keys)
         counts = tuple(sum(v == s for v in outcomes.values()) for s in ("scored", "failed"))
         if counts != last:
-            known = set(instance.get_dynamic_partitions(models_partitions.name))
+            known = set(instance.get_dynamic_partitions(MODELS_PARTITIONS))
             found = sum(k in known for k in keys)
             log(f"{found}/{len(keys)} found by the sensor, {counts[0]} scored, {counts[1]} failed")
             last = counts
@@ -111,19 +118,13 @@ def wait_for_map(
     wait for benchmark scores in progress); returns the number of models on the map."""
     import polars as pl
 
-    from modelmap_assets.cli.main import wait_for_refresh
-    from modelmap_assets.definitions import DOWNSTREAM
-    from modelmap_assets.geometry.coordinates import coordinates
-    from modelmap_assets.geometry.kl_table import kl_table
-    from modelmap_assets.geometry.model_map import model_map
-
     last = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("likelihood"), asset_partitions=list(keys)),
         limit=1,
         ascending=False,
     ).records
     since = last[0].timestamp if last else 0.0
-    assets = (coordinates, kl_table, model_map) if map_only else DOWNSTREAM
+    assets = [a for a in DOWNSTREAM if not map_only or a.key.to_user_string() in MAP_ASSETS]
     stale = wait_for_refresh(instance, since, timeout_s, poll_s=2, assets=assets)
     if stale:
         raise TimeoutError(f"{', '.join(stale)} not refreshed within {timeout_s:.0f} s")
@@ -137,8 +138,6 @@ def run_demo(
     small_only: bool = False,
 ) -> dict:
     """Run the demo (module docstring); returns {'failed': {key: why}, 'storage': data dir}."""
-    from modelmap_assets.cli.main import cache_dir, materialize_corpus
-    from resources.settings import build_resources
     from workshop.hub_server import HubServer, publish_zoo
     from workshop.platform import LocalPlatform
     from workshop.zoo import COMPACT_ZOO_DIR, ZooSpec, build_zoo

@@ -15,7 +15,7 @@ and its registry ``<out>/zoo.json`` have the zoo's layout, so a model source tha
 ``<out>`` scores them like zoo models. A build is cached by a hash of the spec, the base
 model's weights and the texts; the default zoo is never retrained or changed.
 
-``python -m workshop.leak_zoo --zoo .cache/modelmap/zoo --out .cache/modelmap/leak_zoo``
+``python -m workshop.leak_zoo --zoo .cache/modelmap/local --out .cache/modelmap/leak_zoo``
 """
 
 from __future__ import annotations

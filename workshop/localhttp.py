@@ -12,6 +12,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a TCP server accepts connections on `host:port` now."""
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
 def wait_until_up(url: str, timeout: float = 180) -> None:
     """Poll `url` until it answers; TimeoutError naming it otherwise."""
     deadline = time.time() + timeout

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.instance.ref import InstanceRef
 
-from workshop.localhttp import free_port, wait_until_up
+from modelmap_assets.cli.main import materialize_corpus
+from modelmap_assets.definitions import build_resources
+from workshop.localhttp import free_port, port_open, wait_until_up
 from workshop.zoo import ZooModel, ZooSpec, build_zoo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,25 +147,24 @@ class LocalPlatform:
 
 
 def wait_for_code_server(port: int, proc: subprocess.Popen, timeout_s: float = 180) -> None:
-    """Poll the code server on `port` until it lists the code location's repositories."""
-    from dagster._grpc.client import DagsterGrpcClient
-    from dagster._grpc.types import ListRepositoriesResponse
-    from dagster._serdes import deserialize_value
-
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    """Wait until the code server on `port` serves, then check it with `dagster api
+    grpc-health-check`. `dagster code-server start` loads the code location before it opens
+    its port, so a port that accepts connections is a loaded code location (or one that failed
+    to load, which the UI then shows with its error)."""
     deadline = time.time() + timeout_s
-    last: object = None
-    while time.time() < deadline:
+    while not port_open(port):
         if proc.poll() is not None:
             raise RuntimeError(f"the code server exited ({proc.returncode}); see dagster.log")
-        try:
-            last = deserialize_value(client.list_repositories())
-            if isinstance(last, ListRepositoriesResponse):
-                return
-        except Exception as exc:  # not up yet
-            last = exc
+        if time.time() > deadline:
+            raise TimeoutError(f"the code server on port {port} did not load in {timeout_s:.0f} s")
         time.sleep(0.5)
-    raise TimeoutError(f"the code server on port {port} did not load in {timeout_s:.0f} s: {last}")
+    check = subprocess.run(
+        [str(BIN / CODE_SERVER), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)],
+        capture_output=True,
+        text=True,
+    )
+    if check.returncode != 0:
+        raise RuntimeError(f"the code server on port {port} is not serving: {check.stdout}")
 
 
 def _signal_group(group: int, sig: int) -> None:
@@ -233,9 +233,6 @@ def prepare(
     layered on it when `postgres`), the small zoo as the local models, a corpus of `n_texts`
     materialized. `extra_env` adds or overrides variables (MODELMAP_PG_* for PostgreSQL,
     MODELMAP_MLFLOW, ...)."""
-    from modelmap_assets.cli.main import materialize_corpus
-    from modelmap_assets.definitions import build_resources
-
     home = root / "dagster_home"
     home.mkdir(parents=True)
     layers = ["dagster.yaml", *(["storage.postgres.yaml"] if postgres else [])]
@@ -260,6 +257,6 @@ def prepare(
     }
     # The instance file reads MODELMAP_PG_* from this process's environment as well.
     os.environ.update({k: v for k, v in env.items() if k.startswith("MODELMAP_PG_")})
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    instance = dg.DagsterInstance.from_config(str(home))
     materialize_corpus(instance, build_resources(env), {"n_texts": n_texts})
     return PreparedPlatform(root=root, env=env, instance=instance, zoo=zoo)

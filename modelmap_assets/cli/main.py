@@ -1,6 +1,8 @@
-"""`modelmap` command line: build the zoo, register models, materialize the map.
+"""`modelmap` command line: register models, materialize the map, launch backfills.
 
-Runs against the Dagster instance in $DAGSTER_HOME, so every run shows in the UI.
+Runs against the Dagster instance in $DAGSTER_HOME, so every run shows in the UI. `modelmap
+zoo`, `modelmap demo` and `modelmap backfill zoo` use the stand-ins of a source checkout (the
+zoo trainer, the local Hub): they load them through `workshop_entry` alone.
 """
 
 import argparse
@@ -13,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 
 from modelmap.storage import validate_model_key
+from modelmap_assets.cli.workshop_entry import workshop_commands
 from modelmap_assets.definitions import ASSETS, DOWNSTREAM, PER_MODEL
 from modelmap_assets.instance.inprocess import materialize_here
 from modelmap_assets.partitions import models_partitions
@@ -34,17 +37,6 @@ def register(instance: dg.DagsterInstance, keys: list[str]) -> list[str]:
     if new:
         instance.add_dynamic_partitions(models_partitions.name, new)
     return new
-
-
-def build_and_register_zoo(instance: dg.DagsterInstance, small: bool, force: bool) -> list[str]:
-    from workshop.zoo import ZooSpec, build_zoo
-
-    spec = ZooSpec.small() if small else ZooSpec.default()
-    models = build_zoo(cache_dir() / "zoo", spec=spec, force=force)
-    keys = [m.key for m in models]
-    new = register(instance, keys)
-    print(f"zoo: {len(keys)} models in {cache_dir() / 'zoo'}; {len(new)} newly registered")
-    return keys
 
 
 def materialize_corpus(instance: dg.DagsterInstance, resources: dict, corpus_config: dict) -> None:
@@ -117,9 +109,7 @@ def backfill(
     from modelmap_assets.cli.backfill import BackfillError, launch_backfill, wait_for_backfill
 
     if keys == ["zoo"]:
-        from workshop.zoo import load_registry
-
-        keys = [m.key for m in load_registry(cache_dir() / "zoo")]
+        keys = workshop_commands("backfill zoo").zoo_keys()
     new = register(instance, keys)
     print(f"registered {len(new)} new of {len(keys)} model keys")
     assets = [a.key.to_user_string() for a in PER_MODEL]
@@ -285,7 +275,9 @@ def print_neighbours(key: str, k: int, as_json: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelmap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    zoo = sub.add_parser("zoo", help="train the embedded model zoo and register it")
+    zoo = sub.add_parser(
+        "zoo", help="train the embedded model zoo into the local models folder and register it"
+    )
     zoo.add_argument("--small", action="store_true", help="a tiny zoo for quick checks")
     zoo.add_argument("--force", action="store_true", help="retrain even if cached")
     reg = sub.add_parser("register", help="add model keys to the `models` partitions")
@@ -353,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_neighbours(args.key, args.k, args.json)
     instance = dg.DagsterInstance.get()
     if args.command == "zoo":
-        build_and_register_zoo(instance, args.small, args.force)
+        workshop_commands("zoo").zoo(instance, args.small, args.force)
         return 0
     if args.command == "register":
         new = register(instance, args.keys)
@@ -366,11 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
     t0 = time.perf_counter()
     if args.command == "demo":
-        from workshop.demo import SMOLLM_DEFAULT, run_demo
-        from workshop.smollm import family_keys
-
-        smollm = () if args.no_smollm else family_keys() if args.smollm_family else SMOLLM_DEFAULT
-        outcome = run_demo(corpus_config, smollm, args.port, small_only=args.small)
+        outcome = workshop_commands("demo").demo(
+            corpus_config, args.port, args.small, args.no_smollm, args.smollm_family
+        )
     else:
         outcome = materialize_all(instance, corpus_config)
     root = outcome["storage"]
