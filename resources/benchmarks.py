@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from modelmap.reports.benchmarks import ScoresFile, empty_scores, read_scores
+from modelmap.reports.benchmarks import ScoresFile, empty_scores, parse_scores_file
 from modelmap.reports.tasks import Task, default_tasks, read_tasks
 
 MEASURE = ("missing", "always", "never")
@@ -47,7 +47,7 @@ class BenchmarkResource(dg.ConfigurableResource):
 
     def scores_file_read(self) -> ScoresFile | None:
         """The scores file as read (scores, its model ids, ignored columns); None without one."""
-        return read_scores(self.scores_file) if self.scores_file else None
+        return parse_scores_file(self.scores_file) if self.scores_file else None
 
     def tasks(self) -> list[Task]:
         return read_tasks(self.tasks_dir) if self.tasks_dir else default_tasks(n_items=self.n_items)

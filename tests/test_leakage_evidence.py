@@ -1,6 +1,7 @@
 """Leakage evidence against relatives and unseen twins, on synthetic scores (fast tier)."""
 
 import numpy as np
+import polars as pl
 import pytest
 
 from modelmap.geometry.centering import double_centre
@@ -12,6 +13,7 @@ from modelmap.reports.leakage_evidence import (
     robust_z,
     statistics_png,
 )
+from modelmap.reports.leakage_screen import paper_benchmark, screen_for_leakage
 
 DOMAINS = ["a", "b", "c", "d", "e"]
 
@@ -136,6 +138,53 @@ def test_robust_z_ignores_nan_and_png(tmp_path):
     _, table, _ = screen()
     out = statistics_png(table, tmp_path / "s.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_screen_finds_lineages_on_the_map_and_runs_the_papers_rule_with_scores():
+    keys, Lc, bc, dc, Lt, bt, dt, links = synthetic()
+    Q = double_centre(Lc)
+    per_byte = (Lc / bc).mean(axis=1)
+    common = dict(
+        loglik_per_byte=per_byte,
+        declared={a: [b] for a, b in links},
+        mean_bytes=float(bc.mean()),
+        twin_loglik=Lt,
+        twin_bytes=bt,
+        twin_domains=dt,
+    )
+    # Benchmark scores that follow the likelihood, except for the leak's: the paper's rule.
+    strength = 50 + 1000 * (per_byte - np.median(per_byte))
+    strength[keys.index("fam0/leak")] -= 30
+    result = screen_for_leakage(
+        keys,
+        Q,
+        Lc,
+        bc,
+        dc,
+        targets={"ARC": strength, "sparse": np.full(len(keys), np.nan)},
+        **common,
+    )
+    assert result.benchmark == "ARC" and result.paper is not None
+    assert "fam0/leak" in result.paper.flagged
+    assert result.flagged == ["fam0/leak"]
+    assert result.n_twins == Lt.shape[1]
+    assert result.table.filter(pl.col("model") == "fam0/leak")["relatives_source"][0] == "lineage"
+    assert result.domain_gain().columns == ["model", *DOMAINS]
+    np.testing.assert_allclose(result.domain_gain()["a"], result.evidence.domain_gain[:, 0])
+
+    # Too few scores: no paper's rule, the same evidence.
+    few = np.full(len(keys), np.nan)
+    few[:3] = 50.0
+    without = screen_for_leakage(keys, Q, Lc, bc, dc, targets={"ARC": few}, **common)
+    assert without.paper is None and without.benchmark is None
+    assert without.flagged == ["fam0/leak"] and np.isnan(without.table["paper_z"].to_numpy()).all()
+
+
+def test_paper_benchmark_prefers_a_suite_mean():
+    full, half = np.arange(8.0), np.r_[np.arange(4.0), [np.nan] * 4]
+    assert paper_benchmark({"ARC": full, "mean:open_llm_v1": half}) == "mean:open_llm_v1"
+    assert paper_benchmark({"ARC": half, "MMLU": full}) == "MMLU"
+    assert paper_benchmark({}) is None
 
 
 @pytest.mark.slow  # a Dagster run (several seconds on two shared cores)

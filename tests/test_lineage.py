@@ -62,6 +62,27 @@ def test_wrong_and_missing_declarations_are_the_only_flags():
     assert "c/base" in rep.texts["c/ft2"]
 
 
+def test_findings_and_verdict_counts():
+    Q, keys, declared = synthetic_map()
+    assert check_lineage(Q, keys, declared, MEAN_BYTES).findings() == "No model flagged."
+    declared = {**declared, "a/ft0": ["b/base"]}
+    del declared["c/ft2"]
+    rep = check_lineage(Q, keys, declared, MEAN_BYTES)
+    paragraphs = rep.findings().split("\n\n")
+    assert paragraphs == [
+        f"a/ft0: {DECLARED_BASE_FAR}. {rep.texts['a/ft0']}",
+        f"c/ft2: {UNDECLARED_RELATIVE}. {rep.texts['c/ft2']}",
+    ]
+    counts = rep.verdict_counts()
+    assert list(counts) == sorted(counts)
+    assert counts == {
+        CONFIRMED: 7,
+        DECLARED_BASE_FAR: 1,
+        NO_DECLARATION: 3,
+        UNDECLARED_RELATIVE: 1,
+    }
+
+
 def test_a_base_not_on_the_map_is_reported_not_raised():
     Q, keys, declared = synthetic_map()
     declared = {**declared, "a/base": ["elsewhere/not-scored"]}

@@ -5,13 +5,18 @@ import polars as pl
 import pytest
 from scipy.stats import pearsonr
 
+from modelmap.geometry.placement import Centring
+from modelmap.reports.predictor import ScorePredictor
 from modelmap.reports.regression import (
     ALPHAS,
+    MIN_MODELS,
     FittedRidge,
     cross_val_predict,
     evaluate,
     fit,
+    fittable_targets,
     predict_missing,
+    regress_benchmarks,
     scatter_png,
 )
 
@@ -240,3 +245,56 @@ def test_ridge_loo_equals_sklearn_ridgecv(shape):
     assert got.alpha_ == ref.alpha_
     np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-6, atol=1e-10)
     np.testing.assert_allclose(got.predict(X), ref.predict(X), rtol=1e-9)
+
+
+def test_fittable_targets_keep_benchmarks_with_enough_scores():
+    models = [f"m{i}" for i in range(6)]
+    rows = [("ARC", m, 40.0 + i) for i, m in enumerate(models)]
+    rows += [("rare", m, 50.0) for m in models[: MIN_MODELS - 1]]
+    rows += [("ARC", "not/on/the/map", 10.0)]
+    scores = pl.DataFrame(
+        {
+            "model": [m for _, m, _ in rows],
+            "benchmark": [b for b, _, _ in rows],
+            "suite": ["file"] * len(rows),
+            "score": [v for _, _, v in rows],
+        }
+    )
+    got = fittable_targets(scores, models)
+    assert list(got) == ["ARC"]
+    np.testing.assert_array_equal(got["ARC"], 40.0 + np.arange(6))
+
+
+def test_regress_benchmarks_is_evaluate_fit_and_predict_missing():
+    Q, mean_loglik, families, models, targets = synthetic()
+    targets = {"planted": targets["planted"].copy(), "noise": targets["noise"]}
+    targets["planted"][:3] = np.nan
+    got = regress_benchmarks(Q, mean_loglik, targets, families, models)
+    report = evaluate(Q, mean_loglik, targets, families, models)
+    fitted = fit(Q, targets)
+    assert got.report.table.equals(report.table)
+    assert got.report.predictions.equals(report.predictions)
+    np.testing.assert_allclose(got.fitted.coef, fitted.coef)
+    assert got.predicted_missing.equals(predict_missing(Q, targets, fitted, models))
+    assert got.predicted_missing["model"].to_list() == models[:3]
+
+    metrics = got.metrics()
+    assert len(metrics) == 3 * report.table.height
+    row = report.table.row(0, named=True)
+    key = f"rmse/{row['target']}/{row['features']}/{row['cv']}"
+    assert metrics[key] == row["rmse"]
+    assert got.pearson_r_kfold()["planted"] > 0.95
+    assert set(got.pearson_r_kfold()) == {"planted", "noise"}
+
+
+def test_the_predictor_centres_a_raw_row_as_the_map_does():
+    rng = np.random.default_rng(3)
+    Q, mean_loglik, families, models, targets = synthetic()
+    L = -250.0 + Q + rng.normal(0, 5, (K, 1))  # raw rows: each model's own strength
+    centring = Centring().fit(L)
+    Qc = centring.transform(L)
+    fitted = regress_benchmarks(Qc, mean_loglik, targets, families, models).fitted
+    text_ids = [f"t{i}" for i in range(N)]
+    predictor = ScorePredictor.from_fit(fitted, centring, text_ids, "hash")
+    assert predictor.targets == fitted.targets and predictor.corpus_hash == "hash"
+    np.testing.assert_allclose(predictor.predict(L), fitted.predict(Qc), atol=1e-8)

@@ -79,10 +79,10 @@ class ScoresFile:
 
 def read_scores_file(path: str | Path) -> pl.DataFrame:
     """Long table (``SCORE_COLUMNS``) of the scores in a CSV, TSV or Parquet file."""
-    return read_scores(path).scores
+    return parse_scores_file(path).scores
 
 
-def read_scores(path: str | Path) -> ScoresFile:
+def parse_scores_file(path: str | Path) -> ScoresFile:
     """The scores file at ``path``, read as the module docstring says or refused with
     `BenchmarkFileError` naming the file, the row and the column."""
     path = Path(path)

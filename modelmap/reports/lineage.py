@@ -122,6 +122,18 @@ class LineageReport:
     flagged: list[str] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)
 
+    def verdict_counts(self) -> dict[str, int]:
+        """Verdict -> number of models, in the verdicts' alphabetical order."""
+        counts = self.table.group_by("verdict").len().sort("verdict")
+        return dict(zip(counts["verdict"].to_list(), counts["len"].to_list(), strict=True))
+
+    def findings(self) -> str:
+        """One paragraph per flagged model (its key, verdict and text), or a line that says
+        none is flagged."""
+        verdicts = dict(zip(self.table["model"], self.table["verdict"], strict=True))
+        paragraphs = [f"{k}: {verdicts[k]}. {self.texts[k]}" for k in self.flagged]
+        return "\n\n".join(paragraphs) or "No model flagged."
+
 
 def _sq_dist(Q: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``||q_a - q_b||^2 / N`` (nats per text) for row pairs, in float64."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from modelmap.geometry.placement import Centring
+from modelmap.reports.regression import FittedRidge
 from modelmap.storage import write_atomic
 
 _FORMAT_VERSION = 1
@@ -55,6 +56,23 @@ class ScorePredictor:
     @property
     def n_texts(self) -> int:
         return len(self.text_ids)
+
+    @classmethod
+    def from_fit(
+        cls, fitted: FittedRidge, centring: Centring, text_ids: list[str], corpus_hash: str
+    ) -> ScorePredictor:
+        """The ridge ``fitted`` on Q behind the map's own fitted ``centring`` (clip value,
+        column means): a new model's row is centred exactly as the map and the placement
+        centre it."""
+        return cls(
+            text_ids=list(text_ids),
+            clip_value=centring.clip_value,
+            col_means=centring.col_means,
+            targets=fitted.targets,
+            coef=fitted.coef,
+            intercept=fitted.intercept,
+            corpus_hash=corpus_hash,
+        )
 
     @classmethod
     def from_matrix(

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from modelmap.reports.benchmarks import targets as benchmark_targets
 from modelmap.storage import write_atomic
 
 #: The paper's ridge penalties: RidgeCV over 1e1..1e9 (17 values, two per decade).
@@ -293,7 +294,7 @@ def _check_inputs_shape(
         raise ValueError(f"{len(models)} model keys for {K} rows of Q")
 
 
-def _check_inputs(
+def _checked_q(
     Q: np.ndarray, targets: Mapping[str, np.ndarray], models: Sequence[str] | None = None
 ) -> np.ndarray:
     """Q as float64 K x N; every target and the model list must have K entries."""
@@ -473,7 +474,7 @@ def predict_missing(
 
     Only targets that ``fitted`` knows are predicted.
     """
-    Q = _check_inputs(Q, targets, models)
+    Q = _checked_q(Q, targets, models)
     model_arr = np.asarray(models, dtype=object)
     all_pred = fitted.predict(Q) if fitted.targets else np.empty((Q.shape[0], 0))
     frames = []
@@ -496,6 +497,57 @@ def predict_missing(
             schema={"model": pl.String, "target": pl.String, "predicted": pl.Float64}
         )
     return pl.concat(frames)
+
+
+def fittable_targets(scores: pl.DataFrame, models: Sequence[str]) -> dict[str, np.ndarray]:
+    """Benchmark -> K scores in ``models`` order (NaN where a model has none; see
+    `modelmap.reports.benchmarks.targets`), for the benchmarks that at least
+    :data:`MIN_MODELS` models have a score on."""
+    by_target = benchmark_targets(scores, list(models))
+    return {name: y for name, y in by_target.items() if np.isfinite(y).sum() >= MIN_MODELS}
+
+
+@dataclass
+class BenchmarkRegression:
+    """Result of :func:`regress_benchmarks`: the cross-validated ``report``, the ridge
+    ``fitted`` on every scored model, and its ``predicted_missing`` scores (columns model,
+    target, predicted) for the models without one."""
+
+    report: RegressionReport
+    fitted: FittedRidge
+    predicted_missing: pl.DataFrame
+
+    def metrics(self) -> dict[str, float]:
+        """``"{metric}/{target}/{features}/{cv}"`` -> value for every row of the table and
+        each of pearson_r, spearman_rho and rmse."""
+        return {
+            f"{m}/{r['target']}/{r['features']}/{r['cv']}": r[m]
+            for r in self.report.table.iter_rows(named=True)
+            for m in ("pearson_r", "spearman_rho", "rmse")
+        }
+
+    def pearson_r_kfold(self) -> dict[str, float]:
+        """Target -> Pearson r of ridge on Q under K-fold cross-validation."""
+        table = self.report.table
+        rows = table.filter((pl.col("features") == "Q") & (pl.col("cv") == "kfold"))
+        return dict(zip(rows["target"], rows["pearson_r"], strict=True))
+
+
+def regress_benchmarks(
+    Q: np.ndarray,
+    mean_loglik: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    families: Sequence[str],
+    models: Sequence[str],
+) -> BenchmarkRegression:
+    """Every benchmark predicted from Q (K x N, nats): :func:`evaluate` (cross-validated,
+    against the ``mean_loglik`` baseline, K nats per text), :func:`fit` on every scored model
+    and :func:`predict_missing`. Q is reduced once (:func:`reduce_rows`, exact up to
+    :data:`MAX_COMPONENTS` models or texts) for every RidgeCV fit."""
+    reduction = reduce_rows(Q)
+    report = evaluate(Q, mean_loglik, targets, families, models, reduction=reduction)
+    fitted = fit(Q, targets, reduction=reduction)
+    return BenchmarkRegression(report, fitted, predict_missing(Q, targets, fitted, models))
 
 
 def _fmt(x: float | None) -> str:

@@ -10,12 +10,17 @@ runs at most once per tick of a cron schedule (`MODELMAP_MAP_REFRESH`, default h
   (on a busy platform something always is) or for failed or missing ones: the map is built
   from what has been scored. Only the very first map waits until no score is in progress, so
   that a first batch gives one map, not one per model.
-* `kl_table` and `model_map` follow `coordinates` (eager on it).
-* the reports follow `coordinates` too, in the same run; a benchmark score alone does not
-  refresh them (its model's log-likelihoods come with it, and the next refresh picks both up).
+* `kl_table`, `model_map`, `lineage_report` and `text_selection` follow their inputs
+  (`eager_refresh`): after `coordinates`, in the same run.
+* the reports over Q and the benchmark scores (`regression_report`, `leakage_report`) follow
+  `coordinates` too, in the same run; a benchmark score alone does not refresh them (its
+  model's log-likelihoods come with it, and the next refresh picks both up).
 
-With `eager` instead of a schedule, everything refreshes after every model once no model is in
-progress (the behaviour for small maps, tests and the demo).
+The decorators carry the conditions of the default schedule. `with_schedule` applies the
+setting, changing only what depends on it: another cron changes the condition of
+`coordinates`; `eager` makes `coordinates` eager and the score reports refresh after every
+score once the map's inputs are settled (the behaviour for small maps, tests and the demo).
+This module names assets by key only: it imports no asset module.
 """
 
 import dagster as dg
@@ -25,6 +30,7 @@ A = dg.AutomationCondition
 #: Default interval of the full refresh: hourly, on the hour (UTC).
 DEFAULT_SCHEDULE = "0 * * * *"
 EAGER = "eager"
+COORDINATES = dg.AssetKey("coordinates")
 
 # Refresh after upstream updates, but never wait for a model that failed or is missing: the
 # map is built from whatever has been scored. Unlike `AutomationCondition.eager()`, an update
@@ -51,25 +57,38 @@ def coordinates_condition(schedule: str = DEFAULT_SCHEDULE) -> dg.AutomationCond
     )
 
 
-def reports_condition(coordinates_key: dg.AssetKey) -> dg.AutomationCondition:
-    """A report over Q and the scores, on a schedule: refreshed with the map (same run),
-    never from a benchmark score alone, never while Q is missing and not requested."""
-    only_map = dg.AssetSelection.assets(coordinates_key)
+def reports_condition(schedule: str = DEFAULT_SCHEDULE) -> dg.AutomationCondition:
+    """A report over Q and the benchmark scores (deps `coordinates` and `benchmark_scores`).
+
+    On a schedule: refreshed with the map (same run), never from a benchmark score alone,
+    never while Q is missing and not requested. ``"eager"``: after any update of its inputs,
+    but not while the map's own inputs are in progress (a run or a backfill) or while no map
+    exists and none is requested in this tick: a report never reads a missing Q or one about
+    to be replaced, and it refreshes in the same run as the map.
+    """
+    only_map = dg.AssetSelection.assets(COORDINATES)
+    if schedule == EAGER:
+        # New scores usually come with new log-likelihoods: wait for the map's inputs.
+        coordinates_pending = A.any_deps_match(
+            (A.missing() & ~A.will_be_requested()) | A.any_deps_in_progress()
+        ).allow(only_map)
+        return (eager_refresh & ~coordinates_pending).with_label("refresh after the map")
     q_missing = A.any_deps_match(A.missing() & ~A.will_be_requested()).allow(only_map)
     return (eager_refresh.allow(only_map) & ~q_missing).with_label("refresh with the map")
 
 
 def with_schedule(assets: list, schedule: str) -> list:
-    """The over-all-models assets with their conditions for ``schedule`` (see module doc)."""
-    from modelmap_assets.geometry.coordinates import coordinates
+    """``assets`` with the conditions for ``schedule``: an asset whose decorator carries the
+    default schedule's condition of `coordinates` or of a score report gets ``schedule``'s
+    (see the module docstring); every other condition is kept as written."""
+    scheduled = {
+        coordinates_condition(): coordinates_condition(schedule),
+        reports_condition(): reports_condition(schedule),
+    }
 
     def swap(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key == coordinates.key:
-            return spec.replace_attributes(automation_condition=coordinates_condition(schedule))
-        if schedule == EAGER or spec.automation_condition is None:
+        if spec.automation_condition not in scheduled:
             return spec
-        if coordinates.key in {dep.asset_key for dep in spec.deps} and len(spec.deps) > 1:
-            return spec.replace_attributes(automation_condition=reports_condition(coordinates.key))
-        return spec
+        return spec.replace_attributes(automation_condition=scheduled[spec.automation_condition])
 
     return list(dg.map_asset_specs(swap, assets))

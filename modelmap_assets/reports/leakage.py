@@ -1,16 +1,22 @@
-"""`leakage_report`: models whose likelihood on the corpus is higher than their scores explain."""
+"""`leakage_report`: models whose likelihood on the corpus is higher than their scores explain.
+
+Its automation condition is the default schedule's (`reports_condition()`): it refreshes with
+the map. With `MODELMAP_MAP_REFRESH=eager` the code location gives it
+`reports_condition("eager")` instead (`modelmap_assets.automation.conditions`).
+"""
+
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-from modelmap.reports import leakage, leakage_evidence, lineage
-from modelmap.reports.benchmarks import (
-    primary_mean,
-    targets,
-)
+from modelmap.reports import leakage, leakage_evidence
+from modelmap.reports.benchmarks import targets
+from modelmap.reports.leakage_screen import LeakageScreen, screen_for_leakage
 from modelmap.storage import write_parquet
+from modelmap_assets.automation.conditions import reports_condition
 from modelmap_assets.geometry.coordinates import TWINS_FILE, read_coordinates, read_graph
 from modelmap_assets.metadata import md_table, png_md
 from modelmap_assets.reports.shared import (
@@ -18,7 +24,6 @@ from modelmap_assets.reports.shared import (
     all_scores,
     declared_bases_in_index,
     log_some,
-    refresh_after_map,
 )
 from resources.mlflow import MlflowResource
 from resources.storage import StorageResource
@@ -63,7 +68,7 @@ def _twin_matrix(context, storage: StorageResource, info: dict):
 
 @dg.asset(
     deps=SCORES_AND_MAP,
-    automation_condition=refresh_after_map,
+    automation_condition=reports_condition(),
     kinds={"scipy"},
     group_name="modelmap",
 )
@@ -77,109 +82,100 @@ def leakage_report(
     what benchmark scores explain) combined with the gain against their relatives and the gain
     on the corpus over unseen twin texts (rules in `modelmap.reports.leakage_evidence`)."""
     index, Q, info = read_coordinates(storage)
-    keys, families = index["key"].to_list(), index["family"].to_list()
-    out = storage.asset_dir("leakage_report")
-    meta = {"corpus_hash": info["corpus_hash"]}
-    artifacts = []
-
-    # 1. The paper's rule, when enough models have benchmark scores.
-    target_map = targets(all_scores(storage, keys), keys)
-    name = primary_mean(target_map) or max(
-        target_map, key=lambda k: np.isfinite(target_map[k]).sum(), default=None
-    )
-    paper = None
-    if name is None or np.isfinite(target_map[name]).sum() < leakage.MIN_MODELS:
-        context.log.warning("too few models with benchmark scores for the paper's rule")
-    else:
-        meta["benchmark"] = name
-        per_byte = index["mean_loglik_nats"].to_numpy() / info["mean_bytes"]
-        paper = leakage.screen(keys, per_byte, target_map[name], z_threshold=config.z_threshold)
-        write_parquet(paper.table, out / "leakage.parquet", meta)
-        artifacts += [
-            leakage.leakage_png(paper, out / "leakage.png", families=families),
-            out / "leakage.parquet",
-        ]
-
-    # 2. Evidence against relatives (confirmed lineage, else the map) and unseen twins.
+    keys = index["key"].to_list()
     corpus_df, _ = storage.read_corpus()
-    folder = storage.current_version_dir("coordinates")
-    L = np.load(folder / "L_raw.npy", mmap_mode="r")
-    graph = read_graph(storage)
-    lineage_check = lineage.check_lineage(
-        Q, keys, declared_bases_in_index(index), info["mean_bytes"], graph=graph
-    )
-    links = [
-        (r["model"], r["declared_base"])
-        for r in lineage_check.pairs.filter(pl.col("within_band")).iter_rows(named=True)
-    ]
-    relatives, sources = leakage_evidence.choose_relatives(
+    twin_loglik, twin_bytes, twin_domains = _twin_matrix(context, storage, info)
+    result = screen_for_leakage(
+        keys,
         Q,
-        keys,
-        links,
-        max_relatives=config.max_relatives,
-        map_relatives=config.map_relatives,
-        graph=graph,
-    )
-    T, twin_bytes, twin_domains = _twin_matrix(context, storage, info)
-    evidence = leakage_evidence.gather_evidence(
-        keys,
-        np.asarray(L, dtype=np.float64),
+        np.load(storage.current_version_dir("coordinates") / "L_raw.npy", mmap_mode="r"),
         corpus_df["n_bytes"].to_numpy(),
         corpus_df["domain"].to_numpy(),
-        relatives,
-        twin_loglik=T,
+        loglik_per_byte=index["mean_loglik_nats"].to_numpy() / info["mean_bytes"],
+        targets=targets(all_scores(storage, keys), keys),
+        declared=declared_bases_in_index(index),
+        mean_bytes=info["mean_bytes"],
+        graph=read_graph(storage),
+        twin_loglik=twin_loglik,
         twin_bytes=twin_bytes,
         twin_domains=twin_domains,
-        relatives_source=sources,
-    )
-    table = leakage_evidence.combine(
-        paper.table if paper is not None else None,
-        evidence,
         z_threshold=config.z_threshold,
         support_z=config.support_z,
+        max_relatives=config.max_relatives,
+        map_relatives=config.map_relatives,
     )
-    flagged = table.filter(pl.col("flagged"))["model"].to_list()
-    n_twins = 0 if T is None else T.shape[1]
-    meta.update(n_twins=n_twins, z_threshold=config.z_threshold, support_z=config.support_z)
-    write_parquet(table, out / "screen.parquet", meta)
-    domain_gain = pl.DataFrame(
-        {"model": keys, **{d: evidence.domain_gain[:, j] for j, d in enumerate(evidence.domains)}}
+    if result.paper is None:
+        context.log.warning("too few models with benchmark scores for the paper's rule")
+    out = storage.asset_dir("leakage_report")
+    meta, artifacts = _write(result, config, info["corpus_hash"], index["family"].to_list(), out)
+    log_some(
+        context.log, result.table.filter(pl.col("flagged"))["evidence"].to_list(), "screen.parquet"
     )
-    write_parquet(domain_gain, out / "domain_gain.parquet", meta)
-    stats_png = leakage_evidence.statistics_png(
-        table, out / "statistics.png", z_threshold=config.z_threshold
-    )
-    artifacts += [stats_png, out / "screen.parquet", out / "domain_gain.parquet"]
-    log_some(context.log, table.filter(pl.col("flagged"))["evidence"].to_list(), "screen.parquet")
+    paper = result.paper
     mlflow.log_run(
         "leakage_report",
         params={"K": len(keys), **meta},
         metrics={
-            "n_flagged": len(flagged),
+            "n_flagged": len(result.flagged),
             "n_flagged_paper_rule": len(paper.flagged) if paper is not None else 0,
             **({"slope": paper.slope, "scale": paper.scale} if paper is not None else {}),
         },
-        tags={"modelmap.asset": "leakage_report", "flagged": ",".join(flagged)[:5000]},
+        tags={"modelmap.asset": "leakage_report", "flagged": ",".join(result.flagged)[:5000]},
         artifacts={"report": artifacts},
         context=context,
     )
+    return dg.MaterializeResult(metadata=_metadata(result, config, out))
+
+
+def _write(
+    result: LeakageScreen,
+    config: LeakageConfig,
+    corpus_hash: str,
+    families: list[str],
+    out: Path,
+) -> tuple[dict, list[Path]]:
+    """Write the report's files in ``out``: the paper's rule (`leakage.parquet`, its plot)
+    when it ran, the combined screen, the gain per domain and the statistics' plot. Returns
+    the parameters the screen ran with (also in each file's metadata) and the files."""
+    meta = {"corpus_hash": corpus_hash}
+    artifacts = []
+    if result.paper is not None:
+        meta["benchmark"] = result.benchmark
+        write_parquet(result.paper.table, out / "leakage.parquet", meta)
+        png = leakage.leakage_png(result.paper, out / "leakage.png", families=families)
+        artifacts += [png, out / "leakage.parquet"]
+    meta.update(n_twins=result.n_twins, z_threshold=config.z_threshold, support_z=config.support_z)
+    write_parquet(result.table, out / "screen.parquet", meta)
+    write_parquet(result.domain_gain(), out / "domain_gain.parquet", meta)
+    stats_png = leakage_evidence.statistics_png(
+        result.table, out / "statistics.png", z_threshold=config.z_threshold
+    )
+    artifacts += [stats_png, out / "screen.parquet", out / "domain_gain.parquet"]
+    return meta, artifacts
+
+
+def _metadata(result: LeakageScreen, config: LeakageConfig, folder: Path) -> dict:
+    """What the UI shows of a leakage report written in ``folder``."""
+    table, paper = result.table, result.paper
     shown = table.select(
         "model", "paper_z", "relatives_gain", "relatives_z", "twin_gap", "twin_z", "verdict"
     )
     metadata = {
-        "flagged": dg.MetadataValue.json(flagged),
-        "n_flagged": len(flagged),
+        "flagged": dg.MetadataValue.json(result.flagged),
+        "n_flagged": len(result.flagged),
         "flagged_by_paper_rule": dg.MetadataValue.json(paper.flagged if paper else []),
         "z_threshold": config.z_threshold,
-        "n_twins": n_twins,
+        "n_twins": result.n_twins,
         "statistics": dg.MetadataValue.md(md_table(shown)),
         "evidence": dg.MetadataValue.md(
             "\n\n".join(table.filter(pl.col("flagged"))["evidence"]) or "No model flagged."
         ),
-        "plot_statistics": dg.MetadataValue.md(png_md(stats_png, "leakage statistics")),
-        "path": dg.MetadataValue.path(str(out)),
+        "plot_statistics": dg.MetadataValue.md(
+            png_md(folder / "statistics.png", "leakage statistics")
+        ),
+        "path": dg.MetadataValue.path(str(folder)),
     }
     if paper is not None:
-        metadata["benchmark"] = name
-        metadata["plot"] = dg.MetadataValue.md(png_md(out / "leakage.png", "paper's rule"))
-    return dg.MaterializeResult(metadata=metadata)
+        metadata["benchmark"] = result.benchmark
+        metadata["plot"] = dg.MetadataValue.md(png_md(folder / "leakage.png", "paper's rule"))
+    return metadata

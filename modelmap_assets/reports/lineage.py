@@ -1,16 +1,35 @@
-"""`lineage_report`: declared base models checked against the map."""
+"""`lineage_report`: declared base models checked against the map.
+
+Its automation condition, `eager_refresh`, is the same on every schedule: it follows
+`coordinates` (`modelmap_assets.automation.conditions`).
+"""
+
+from pathlib import Path
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from modelmap.reports import lineage
 from modelmap.storage import write_parquet, write_text
-from modelmap_assets.geometry.coordinates import coordinates, read_coordinates, read_graph, refresh
+from modelmap_assets.automation.conditions import eager_refresh
+from modelmap_assets.geometry.coordinates import coordinates, read_coordinates, read_graph
 from modelmap_assets.metadata import md_table, png_md
 from modelmap_assets.reports.shared import declared_bases_in_index, log_some
 from resources.mlflow import MlflowResource
 from resources.storage import StorageResource
+
+#: Columns of the lineage table shown in the UI.
+SHOWN = (
+    "model",
+    "declared_base",
+    "verdict",
+    "declared_base_rank",
+    "two_kl_bits_per_byte",
+    "two_kl_bits_per_byte_low",
+    "two_kl_bits_per_byte_high",
+    "nearest",
+    "nearest_two_kl_bits_per_byte",
+)
 
 
 class LineageConfig(dg.Config):
@@ -25,7 +44,9 @@ class LineageConfig(dg.Config):
     )
 
 
-@dg.asset(deps=[coordinates], automation_condition=refresh, kinds={"numpy"}, group_name="modelmap")
+@dg.asset(
+    deps=[coordinates], automation_condition=eager_refresh, kinds={"numpy"}, group_name="modelmap"
+)
 def lineage_report(
     context: dg.AssetExecutionContext,
     config: LineageConfig,
@@ -58,55 +79,35 @@ def lineage_report(
     write_parquet(report.table, out / "lineage.parquet", meta)
     write_parquet(report.pairs, out / "declared_pairs.parquet", meta)
     png = lineage.lineage_png(report, out / "lineage.png")
-    findings = "\n\n".join(
-        f"{k}: {report.table.filter(pl.col('model') == k)['verdict'][0]}. {report.texts[k]}"
-        for k in report.flagged
-    )
-    write_text((findings or "No model flagged.") + "\n", out / "findings.txt")
+    write_text(report.findings() + "\n", out / "findings.txt")
     log_some(context.log, [f"lineage: {report.texts[k]}" for k in report.flagged], "findings.txt")
-    counts = report.table.group_by("verdict").len().sort("verdict")
-    verdicts = dict(zip(counts["verdict"].to_list(), counts["len"].to_list(), strict=True))
+    files = ("lineage.parquet", "declared_pairs.parquet", "findings.txt")
     mlflow.log_run(
         "lineage_report",
         params={"K": len(keys), **meta},
         metrics={"n_flagged": len(report.flagged), "band_bits_per_byte": report.band_bits_per_byte},
         tags={"modelmap.asset": "lineage_report", "flagged": ",".join(report.flagged)[:5000]},
-        artifacts={
-            "report": [
-                png,
-                out / "lineage.parquet",
-                out / "declared_pairs.parquet",
-                out / "findings.txt",
-            ]
-        },
+        artifacts={"report": [png, *(out / name for name in files)]},
         context=context,
     )
-    shown = report.table.select(
-        "model",
-        "declared_base",
-        "verdict",
-        "declared_base_rank",
-        "two_kl_bits_per_byte",
-        "two_kl_bits_per_byte_low",
-        "two_kl_bits_per_byte_high",
-        "nearest",
-        "nearest_two_kl_bits_per_byte",
-    ).sort("verdict", "model")
-    return dg.MaterializeResult(
-        metadata={
-            "K": len(keys),
-            "flagged": dg.MetadataValue.json(report.flagged),
-            "n_flagged": len(report.flagged),
-            "verdicts": dg.MetadataValue.json(verdicts),
-            "band_bits_per_byte": report.band_bits_per_byte,
-            "band_source": report.band_source,
-            "interval_level": lineage.INTERVAL_LEVEL,
-            "findings": dg.MetadataValue.md(
-                "\n\n".join(f"**{k}**: {report.texts[k]}" for k in report.flagged)
-                or "No model flagged."
-            ),
-            "table": dg.MetadataValue.md(md_table(shown)),
-            "plot": dg.MetadataValue.md(png_md(png, "lineage check")),
-            "path": dg.MetadataValue.path(str(out)),
-        }
-    )
+    return dg.MaterializeResult(metadata=_metadata(report, len(keys), out))
+
+
+def _metadata(report: lineage.LineageReport, n_models: int, folder: Path) -> dict:
+    """What the UI shows of a lineage report written in ``folder``."""
+    return {
+        "K": n_models,
+        "flagged": dg.MetadataValue.json(report.flagged),
+        "n_flagged": len(report.flagged),
+        "verdicts": dg.MetadataValue.json(report.verdict_counts()),
+        "band_bits_per_byte": report.band_bits_per_byte,
+        "band_source": report.band_source,
+        "interval_level": lineage.INTERVAL_LEVEL,
+        "findings": dg.MetadataValue.md(
+            "\n\n".join(f"**{k}**: {report.texts[k]}" for k in report.flagged)
+            or "No model flagged."
+        ),
+        "table": dg.MetadataValue.md(md_table(report.table.select(SHOWN).sort("verdict", "model"))),
+        "plot": dg.MetadataValue.md(png_md(folder / "lineage.png", "lineage check")),
+        "path": dg.MetadataValue.path(str(folder)),
+    }

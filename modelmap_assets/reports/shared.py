@@ -1,13 +1,11 @@
-"""What the report assets share: the scores of every model, their dependencies, a capped log."""
+"""What the report assets share: the scores of every model, their dependencies, a capped log,
+the declared bases in the map's model index."""
 
 import dagster as dg
 import polars as pl
 
-from modelmap.reports.benchmarks import (
-    SCORE_COLUMNS,
-    empty_scores,
-)
-from modelmap_assets.geometry.coordinates import coordinates, refresh
+from modelmap.reports.benchmarks import SCORE_COLUMNS, empty_scores
+from modelmap_assets.geometry.coordinates import coordinates
 from modelmap_assets.scoring.benchmarks import benchmark_scores
 from resources.storage import StorageResource
 
@@ -43,19 +41,6 @@ SCORES_AND_MAP = [
     coordinates,
     dg.AssetDep(benchmark_scores, partition_mapping=dg.AllPartitionMapping()),
 ]
-
-
-# The reports read Q from `coordinates` as well as the scores. New scores usually come with new
-# log-likelihoods, so wait while the map's own inputs are still in progress (a run or a
-# backfill) and while no map exists and none is requested in this tick: a report never reads
-# a missing Q or one about to be replaced, and it refreshes in the same run as the map.
-coordinates_pending = dg.AutomationCondition.any_deps_match(
-    (dg.AutomationCondition.missing() & ~dg.AutomationCondition.will_be_requested())
-    | dg.AutomationCondition.any_deps_in_progress()
-).allow(dg.AssetSelection.assets(coordinates))
-
-
-refresh_after_map = (refresh & ~coordinates_pending).with_label("refresh after the map")
 
 
 def declared_bases_in_index(index: pl.DataFrame) -> dict[str, list[str]]:
