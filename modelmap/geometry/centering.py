@@ -272,14 +272,17 @@ def clip_global(L: np.ndarray, percentile: float | None = 2.0) -> tuple[np.ndarr
 
     Returns:
         ``(L_clipped, threshold_nats)``. ``L_clipped`` is a new array with the dtype of ``L``
-        (``np.maximum(L, threshold)``). With ``percentile`` None or 0 nothing is clipped:
-        ``L`` itself is returned (not a copy) with threshold ``-inf``.
+        (``np.maximum(L, threshold)``); ``threshold_nats`` is the percentile in that dtype
+        (for a float32 ``L``, rounded to the nearest float32: the value applied). With
+        ``percentile`` None or 0 nothing is clipped: ``L`` itself is returned (not a copy)
+        with threshold ``-inf``.
     """
-    threshold = global_clip_value(L, percentile)
-    if threshold == -math.inf:
-        return L, threshold
-    # Cast the threshold to L's dtype so a float32 L stays float32.
-    return np.maximum(L, L.dtype.type(threshold)), threshold
+    value = global_clip_value(L, percentile)
+    if value == -math.inf:
+        return L, value
+    # In L's dtype, so that a float32 L stays float32 and the threshold is the value applied.
+    threshold = L.dtype.type(value)
+    return np.maximum(L, threshold), float(threshold)
 
 
 def double_centre_into(
