@@ -91,6 +91,19 @@ def budget_rows(
     return rows
 
 
+def read_budget(
+    context: dg.AssetExecutionContext, storage: StorageResource, info: dict
+) -> tuple[list[dict], np.ndarray | None]:
+    """`budget_rows` of the current corpus and the clipped L they are compared with
+    (memory-mapped; None without budget models)."""
+    corpus_df, _ = storage.read_corpus()
+    budget = budget_rows(context, storage, info, corpus_df["text_id"].to_numpy())
+    if not budget:
+        return budget, None
+    folder = storage.current_version_dir("coordinates")
+    return budget, np.load(folder / "L_clipped.npy", mmap_mode="r")
+
+
 @dg.asset(deps=[coordinates], automation_condition=refresh, kinds={"polars"}, group_name="modelmap")
 def kl_table(
     context: dg.AssetExecutionContext,
@@ -108,12 +121,7 @@ def kl_table(
     """
     index, Q, info = read_coordinates(storage)
     keys = index["key"].to_list()
-    corpus_df, _ = storage.read_corpus()
-    budget = budget_rows(context, storage, info, corpus_df["text_id"].to_numpy())
-    L_clipped = None
-    if budget:
-        folder = storage.current_version_dir("coordinates")
-        L_clipped = np.load(folder / "L_clipped.npy", mmap_mode="r")
+    budget, L_clipped = read_budget(context, storage, info)
     neighbours, pairs = kl_tables(
         Q,
         keys,
