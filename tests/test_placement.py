@@ -1,16 +1,11 @@
-"""The fitted centring, the streamed percentile and placing new rows, against plain numpy."""
+"""Placing new rows with a frozen centring, against plain numpy."""
 
 import numpy as np
 import pytest
 
-from modelmap.geometry.centering import clip_global, double_centre
+from modelmap.geometry.centering import double_centre
 from modelmap.geometry.kl import two_kl_nats
-from modelmap.geometry.placement import (
-    Centring,
-    nearest_of_rows,
-    streaming_percentile,
-    two_kl_to_rows,
-)
+from modelmap.geometry.placement import Centring, nearest_of_rows, two_kl_to_rows
 
 
 def _family_L(K: int, N: int, seed: int = 0) -> np.ndarray:
@@ -20,44 +15,6 @@ def _family_L(K: int, N: int, seed: int = 0) -> np.ndarray:
     L = strength + families[np.arange(K) % 4] + rng.normal(0, 1, size=(K, N))
     L[rng.integers(0, K, 5), rng.integers(0, N, 5)] -= 500  # catastrophic texts to clip
     return L.astype(np.float32)
-
-
-@pytest.mark.parametrize("percentile", [0.01, 2.0, 50.0, 99.9])
-@pytest.mark.parametrize("block_rows", [1, 7, 1000])
-def test_streaming_percentile_equals_numpy(percentile, block_rows):
-    L = _family_L(37, 53)
-    got = streaming_percentile(L, percentile, block_rows=block_rows, sample=500)
-    # Interpolated in float64 (numpy interpolates a float32 L in float32).
-    expected = float(np.percentile(L.astype(np.float64), percentile))
-    assert got == pytest.approx(expected, rel=1e-12, abs=1e-9)
-
-
-def test_streaming_percentile_recovers_from_a_bracket_that_misses():
-    # A sample of 1 entry cannot bracket anything: the full-range pass still gives the answer.
-    L = _family_L(20, 30)
-    assert streaming_percentile(L, 2.0, sample=1) == pytest.approx(np.percentile(L, 2.0))
-
-
-def test_centring_reproduces_clip_and_double_centre():
-    L = _family_L(30, 40)
-    c = Centring(percentile=2.0).fit(L, block_rows=7)
-    clipped, threshold = clip_global(L.astype(np.float64), 2.0)
-    assert c.clip_value == pytest.approx(threshold)
-    np.testing.assert_allclose(c.transform(L), double_centre(clipped), atol=1e-9)
-    Q = np.empty(L.shape, np.float64)
-    clip_out = np.empty(L.shape, np.float64)
-    c.transform_into(L, Q, clip_out, block_rows=4)
-    np.testing.assert_allclose(Q, double_centre(clipped), atol=1e-9)
-    np.testing.assert_allclose(clip_out, clipped)
-
-
-def test_centring_save_load(tmp_path):
-    c = Centring(percentile=2.0).fit(_family_L(10, 12))
-    back = Centring.load(c.save(tmp_path / "centring.npz"))
-    assert back.clip_value == c.clip_value and back.n_models == 10
-    np.testing.assert_array_equal(back.col_means, c.col_means)
-    none = Centring(percentile=None).fit(_family_L(10, 12))
-    assert Centring.load(none.save(tmp_path / "n.npz")).percentile is None
 
 
 def test_new_row_distances_equal_the_refit_matrix():
@@ -99,15 +56,3 @@ def test_nearest_of_rows_orders_by_value_then_index():
     idx, val = nearest_of_rows(d, 3)
     np.testing.assert_array_equal(idx, [[3, 1, 2]])
     np.testing.assert_array_equal(val, [[0.5, 1.0, 1.0]])
-
-
-def test_unfitted_and_bad_rows_fail_clearly():
-    with pytest.raises(ValueError, match="not fitted"):
-        Centring().transform(np.zeros((1, 3)))
-    c = Centring().fit(_family_L(5, 6))
-    with pytest.raises(ValueError, match="6"):
-        c.transform(np.zeros((1, 4)))
-    bad = _family_L(5, 6)
-    bad[2, 3] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        Centring().fit(bad)

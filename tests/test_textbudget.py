@@ -164,13 +164,13 @@ def test_neighbour_table_with_intervals_for_tiny_maps(K):
 
     from modelmap.geometry.intervals import with_interval_columns
     from modelmap.geometry.kl import neighbour_table
-    from modelmap_assets.geometry.kl_table import _with_gap
+    from modelmap.geometry.kl_tables import with_gap
 
     Q = double_centre(np.random.default_rng(0).normal(-100, 5, size=(K, 50)))
     idx, nn = nearest_neighbours(Q, 5)
     iv = neighbour_intervals(Q, idx, B=50, level=0.95)
     table = neighbour_table(idx, nn, [f"a/m{i}" for i in range(K)], 900.0)
-    table = _with_gap(
+    table = with_gap(
         with_interval_columns(table, iv["low"], iv["high"], 900.0), iv["gap_low"], iv["gap_high"]
     )
     table = mark_kl_regime(table, 1e-3)
