@@ -2,7 +2,7 @@
 
 At K = 10,000 a full refresh (coordinates, kl_table, model_map, the reports) takes minutes and
 models land every few seconds, so refreshing after each one would never catch up. A new model
-is placed alone in its own run instead (`modelmap_assets.geometry.placement`), and the full refresh
+is placed alone in its own run instead (`modelmap.geometry.neighbours`), and the full refresh
 runs at most once per tick of a cron schedule (`MODELMAP_MAP_REFRESH`, default hourly):
 
 * `coordinates` is requested when a model's scores landed since it was last requested and a
