@@ -118,13 +118,42 @@ def test_the_workshop_is_not_installed_with_the_product():
     assert not any(pattern.startswith("workshop") for pattern in include)
 
 
-def test_dagster_internals_are_imported_in_one_module_only():
+def private_dagster_uses(path: Path) -> list[str]:
+    """`dagster._...` reached without an import statement: a private attribute of `dagster`
+    (or `dg`), or a module name given to `import_module` / `__import__`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("dagster", "dg")
+            and node.attr.startswith("_")
+        ):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith(
+            ("import_module", "__import__")
+        ):
+            found += [
+                arg.value
+                for arg in node.args
+                if isinstance(arg, ast.Constant) and str(arg.value).startswith("dagster._")
+            ]
+    return found
+
+
+def test_private_uses_are_seen_without_an_import(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import importlib\nimportlib.import_module('dagster._x')\ndg._core\n")
+    assert private_dagster_uses(path) == ["dagster._x", "dg._core"]
+
+
+def test_dagster_internals_are_used_in_one_module_only():
     offenders = [
-        f"{name} imports {target}"
+        f"{name} uses {target}"
         for name, path in modules().items()
         if name != WORKAROUNDS
-        for target in imported_names(path, name)
-        if target.startswith("dagster._")
+        for target in [*imported_names(path, name), *private_dagster_uses(path)]
+        if target.startswith(("dagster._", "dg._"))
     ]
     assert offenders == []
 

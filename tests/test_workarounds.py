@@ -28,6 +28,12 @@ EXPECTED = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """Each test warns as a new process would (a workaround found off warns once a process)."""
+    monkeypatch.setattr(workarounds, "_WARNED", set())
+
+
 def test_the_workarounds_the_installed_dagster_needs():
     assert workarounds.active() == EXPECTED[dg.__version__]
 
@@ -76,7 +82,14 @@ def test_a_changed_dagster_turns_each_workaround_off_with_one_warning(changed_da
     assert InstanceConcurrencyContext.interval_to_next_pending_claim_check is method
     assert controller.DEFAULT_DAEMON_INTERVAL_SECONDS == 30
 
+    # Once a process: applying them again says nothing more.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not any(apply() for apply in applications.values())
+    assert _workaround_warnings(caught) == []
+
     # The instance of the committed dagster.yaml loads; its launcher is Dagster's default.
+    workarounds._WARNED.clear()  # as in a new process
     (tmp_path / "dagster.yaml").write_text((DAGSTER_HOME / "dagster.yaml").read_text())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -89,6 +102,7 @@ def test_a_changed_dagster_turns_each_workaround_off_with_one_warning(changed_da
     def one() -> int:
         return 1
 
+    workarounds._WARNED.clear()  # as in a new process
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with dg.DagsterInstance.ephemeral() as instance:
@@ -189,3 +203,84 @@ def test_a_health_check_answer_is_dagsters():
     assert isinstance(running, CheckRunHealthResult)
     assert (running.status, running.msg) == (WorkerStatus.RUNNING, "alive")
     assert (failed.status, failed.msg) == (WorkerStatus.FAILED, "gone")
+
+
+# what a changed Dagster may do besides removing a name (found by an adversarial review) ----
+
+
+def _raising_import(name: str, *args, **kwargs):
+    raise RuntimeError(f"{name} cannot be imported here")  # not an ImportError
+
+
+def test_a_private_module_that_raises_anything_on_import_turns_workarounds_off(monkeypatch):
+    monkeypatch.setattr(workarounds, "import_module", _raising_import)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert workarounds.run_worker_health() is False
+        assert workarounds.interrupt_check() is None
+        assert workarounds.active() == []
+    assert len(_workaround_warnings(caught)) == 2
+
+
+def test_warnings_as_errors_never_stop_a_caller(monkeypatch, capsys):
+    monkeypatch.setattr(workarounds, "import_module", _module_gone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert workarounds.run_worker_health() is False
+    assert "Dagster workaround run_worker_health off" in capsys.readouterr().err
+
+
+def test_pool_wait_is_off_when_the_context_keeps_its_claims_elsewhere(monkeypatch):
+    class Renamed:  # a later Dagster's context, keeping its claims under other names
+        def __init__(self):
+            self._claims = set()
+            self._deadlines = {}
+
+        def interval_to_next_pending_claim_check(self) -> float:
+            return 0.0  # busy-waits, but the patch could not read its claims
+
+    module = types.ModuleType("ctx")
+    module.InstanceConcurrencyContext = Renamed
+    monkeypatch.setattr(workarounds, "import_module", lambda name: module)
+    with pytest.warns(UserWarning, match="pool_wait off: the concurrency context no longer"):
+        assert workarounds.patch_pool_wait() is False
+    assert Renamed().interval_to_next_pending_claim_check() == 0.0  # left as Dagster has it
+
+
+def test_the_patch_defers_to_dagster_on_a_context_without_the_internals_it_reads():
+    workarounds.patch_pool_wait()
+    context = object.__new__(InstanceConcurrencyContext)  # no pending claims recorded at all
+    original = workarounds.DAGSTER_ORIGINALS["pool_wait"]
+    with pytest.raises(AttributeError):
+        original(context)  # Dagster's own method fails the same way: its error, not ours
+    with pytest.warns(UserWarning, match="pool_wait off: the concurrency context's internals"):
+        with pytest.raises(AttributeError):
+            context.interval_to_next_pending_claim_check()
+
+
+def test_run_worker_health_is_off_when_the_answer_changed_shape(monkeypatch):
+    class Result:
+        def __init__(self, *, status, msg):  # keyword-only: the positional call fails
+            self.status, self.msg = status, msg
+
+    module = types.ModuleType("launcher")
+    module.CheckRunHealthResult, module.WorkerStatus = Result, WorkerStatus
+    monkeypatch.setattr(workarounds, "import_module", lambda name: module)
+    with pytest.warns(UserWarning, match="run_worker_health off: CheckRunHealthResult"):
+        assert workarounds.run_worker_health() is False
+
+
+def test_interrupt_watch_is_off_when_dagsters_test_changed(monkeypatch):
+    module = types.ModuleType("interrupts")
+    module.check_captured_interrupt = lambda signal: False  # now needs an argument
+    monkeypatch.setattr(workarounds, "import_module", lambda name: module)
+    with pytest.warns(UserWarning, match="interrupt_watch off: check_captured_interrupt"):
+        assert workarounds.interrupt_check() is None
+
+
+def test_a_backfill_module_that_binds_the_constant_gets_it_too(monkeypatch):
+    monkeypatch.setattr(controller, workarounds.DAEMON_INTERVAL, 30)
+    monkeypatch.setattr(backfill, workarounds.DAEMON_INTERVAL, 30, raising=False)
+    assert workarounds.set_backfill_interval(4) is True
+    assert controller.DEFAULT_DAEMON_INTERVAL_SECONDS == 4
+    assert getattr(backfill, workarounds.DAEMON_INTERVAL) == 4

@@ -2,9 +2,11 @@
 
 Each workaround reaches into Dagster's internals for a behaviour Dagster does not offer
 publicly, and finds what it needs through `private()`. When the installed Dagster no longer has
-that module or attribute, the workaround is off: one warning says so, and the code location,
-the daemon and the instance load and run with Dagster's own behaviour. Applying a workaround
-logs one line saying whether it is on.
+that module or attribute, or they no longer have the shape a workaround relies on (checked
+when it is applied: what the patched class records, the health answer built once, Dagster's
+interrupt test called once), the workaround is off: one warning a process says so (printed
+under `-W error`), and the code location, the daemon and the instance load and run with
+Dagster's own behaviour. Applying a workaround logs one line saying whether it is on.
 
 - `pool_wait`: a run waiting for a `gpu` slot sleeps until its next claim (patches
   `InstanceConcurrencyContext.interval_to_next_pending_claim_check`). Off: the waiting run
@@ -62,7 +64,7 @@ def private(module: str, attribute: str = "") -> Any:
         found = import_module(module)
         for part in attribute.split(".") if attribute else ():
             found = getattr(found, part)
-    except (ImportError, AttributeError) as error:
+    except Exception as error:  # whatever a changed private module raises on import
         raise Unavailable(f"{module}.{attribute} is not in this Dagster ({error})") from error
     return found
 
@@ -86,10 +88,21 @@ def _not_needed(name: str, why: str) -> bool:
     return False
 
 
+#: The workarounds found off in this process (each warned about once).
+_WARNED: set[str] = set()
+
+
 def _unavailable(name: str, why: object) -> bool:
-    warnings.warn(
-        f"Dagster workaround {name} off: {why}; Dagster's own behaviour applies", stacklevel=3
-    )
+    """Warn, once per process, that workaround `name` is off. Under `-W error` the warning is
+    printed instead of raised: a changed Dagster never stops a caller from loading."""
+    if name in _WARNED:
+        return False
+    _WARNED.add(name)
+    line = f"Dagster workaround {name} off: {why}; Dagster's own behaviour applies"
+    try:
+        warnings.warn(line, stacklevel=3)
+    except Warning:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     return False
 
 
@@ -105,10 +118,16 @@ def _unavailable(name: str, why: object) -> bool:
 
 
 def interval_to_next_pending_claim_check(self) -> float:
-    """Seconds until the earliest pending claim's next try (0 when none is pending)."""
-    if not self._pending_claims or not self._pending_timeouts:
-        return 0.0
-    return max(0.0, min(self._pending_timeouts.values()) - time.time())
+    """Seconds until the earliest pending claim's next try (0 when none is pending). On a
+    context whose internals are not the ones read here, Dagster's own method answers."""
+    try:
+        claims, timeouts = self._pending_claims, self._pending_timeouts
+        if not claims or not timeouts:
+            return 0.0
+        return max(0.0, min(timeouts.values()) - time.time())
+    except Exception as error:
+        _unavailable(POOL_WAIT, f"the concurrency context's internals changed ({error!r})")
+        return DAGSTER_ORIGINALS[POOL_WAIT](self)
 
 
 def has_busy_wait(method: Callable[[Any], float], context_class: type) -> bool:
@@ -133,6 +152,9 @@ def _pool_wait_parts() -> tuple[type, Callable] | None:
     sleeps already (the workaround is not needed)."""
     context_class = private(_CONCURRENCY, "InstanceConcurrencyContext")
     current = private(_CONCURRENCY, f"InstanceConcurrencyContext.{_CLAIM_CHECK}")
+    written = getattr(getattr(context_class.__init__, "__code__", None), "co_names", ())
+    if not {"_pending_claims", "_pending_timeouts"} <= set(written):
+        raise Unavailable("the concurrency context no longer keeps the pending claims read here")
     if current is interval_to_next_pending_claim_check or has_busy_wait(current, context_class):
         return context_class, current
     return None
@@ -163,23 +185,27 @@ def patch_pool_wait() -> bool:
 
 
 def _backfill_interval_parts() -> Any:
-    """Dagster's daemon controller module, whose constant the backfill loop reads."""
+    """The modules whose constant the backfill loop reads: Dagster's daemon controller (the
+    loop imports the constant from it when it starts), and the backfill module as well when
+    that module binds the constant itself."""
     controller = private(_CONTROLLER)
     private(_CONTROLLER, DAEMON_INTERVAL)
+    backfill = private(_BACKFILL)
     loop = private(_BACKFILL, "execute_backfill_iteration_loop")
     if DAEMON_INTERVAL not in getattr(getattr(loop, "__code__", None), "co_names", ()):
         raise Unavailable(f"this Dagster's backfill loop does not read {DAEMON_INTERVAL}")
-    return controller
+    return (controller, backfill) if hasattr(backfill, DAEMON_INTERVAL) else (controller,)
 
 
 def set_backfill_interval(seconds: int) -> bool:
     """Make the backfill daemon's loop (started after this call) run every `seconds`; True when
     on. `modelmap-daemon` applies it before the daemon's threads start."""
     try:
-        controller = _backfill_interval_parts()
+        modules = _backfill_interval_parts()
     except Unavailable as error:
         return _unavailable(BACKFILL_INTERVAL, f"{error}: MODELMAP_BACKFILL_SECONDS is ignored")
-    setattr(controller, DAEMON_INTERVAL, seconds)
+    for module in modules:
+        setattr(module, DAEMON_INTERVAL, seconds)
     return _on(BACKFILL_INTERVAL, f"the backfill daemon runs every {seconds} s")
 
 
@@ -190,7 +216,14 @@ def set_backfill_interval(seconds: int) -> bool:
 
 
 def _run_worker_health_parts() -> tuple[type, Any]:
-    return private(_LAUNCHER, "CheckRunHealthResult"), private(_LAUNCHER, "WorkerStatus")
+    """Dagster's result class and status enum, checked by building both answers a health
+    check gives (a changed shape turns the workaround off before the daemon asks)."""
+    result, status = private(_LAUNCHER, "CheckRunHealthResult"), private(_LAUNCHER, "WorkerStatus")
+    try:
+        result(status.RUNNING, "probe"), result(status.FAILED, "probe")
+    except Exception as error:
+        raise Unavailable(f"CheckRunHealthResult or WorkerStatus changed ({error!r})") from error
+    return result, status
 
 
 def run_worker_health() -> bool:
@@ -216,7 +249,15 @@ def health_check_result(alive: bool, message: str) -> Any:
 
 
 def _interrupt_watch_parts() -> Callable[[], bool]:
-    return private(_INTERRUPTS, "check_captured_interrupt")
+    """Dagster's test, checked by calling it (it only reads a flag)."""
+    check = private(_INTERRUPTS, "check_captured_interrupt")
+    try:
+        answer = check()
+    except Exception as error:
+        raise Unavailable(f"check_captured_interrupt changed ({error!r})") from error
+    if not isinstance(answer, bool):
+        raise Unavailable(f"check_captured_interrupt answers {type(answer).__name__}, not bool")
+    return check
 
 
 def interrupt_check() -> Callable[[], bool] | None:
