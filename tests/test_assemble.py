@@ -12,7 +12,7 @@ from modelmap.geometry.assemble import (
     TWINS_FILE,
     TextIdsDiffer,
     build_coordinates,
-    read_rows,
+    fill_rows,
     row_means,
     select_models,
 )
@@ -129,7 +129,7 @@ def test_a_file_of_other_texts_fails_by_name(files, tmp_path):
     )
     models, _, _ = select_models(["a/one", "a/two"], paths, "h")
     with pytest.raises(TextIdsDiffer, match="a/two"):
-        read_rows(models, TEXT_IDS, np.empty((2, len(TEXT_IDS)), np.float32))
+        fill_rows(models, TEXT_IDS, np.empty((2, len(TEXT_IDS)), np.float32))
 
 
 def test_row_means_by_blocks():

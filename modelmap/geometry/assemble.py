@@ -110,7 +110,7 @@ def _chunk_rows(models: list[dict]) -> list[tuple[np.ndarray, np.ndarray, np.nda
     return out
 
 
-def read_rows(
+def fill_rows(
     models: list[dict],
     text_ids: np.ndarray,
     L: np.ndarray,
@@ -223,7 +223,7 @@ def build_coordinates(
     if twins is not None:
         T = np.lib.format.open_memmap(folder / TWINS_FILE, "w+", np.float32, (K, len(twins[0])))
         T[:] = np.nan
-    with_twins = read_rows(models, text_ids, L, twins, T)
+    with_twins = fill_rows(models, text_ids, L, twins, T)
     L.flush()
     if T is not None:
         T.flush()

@@ -14,7 +14,6 @@ from modelmap.likelihoods import (
     SPLIT_TWIN,
     TEXT_SET_ALL,
     TEXT_SET_BUDGET,
-    corpus_rows,
     likelihood_frame,
 )
 from modelmap.scoring.engine import ScoringError
@@ -27,6 +26,7 @@ from modelmap_assets.corpus.assets import corpus
 from modelmap_assets.metadata import placement_metadata
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.scoring.batches import BATCH_POLICY, BatchFailures, requested_revisions
+from modelmap_assets.scoring.checks import CHECKS, LIKELIHOOD, likelihood_checks
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
 from resources.mlflow import MlflowResource
@@ -34,7 +34,6 @@ from resources.models import ModelSourceResource
 from resources.scorer import ScorerResource
 from resources.storage import StorageResource
 
-LIKELIHOOD = dg.AssetKey("likelihood")
 # Dagster's tag for an asset event's data version (a model's revision and the corpus hash).
 DATA_VERSION_TAG = "dagster/data_version"
 
@@ -103,9 +102,6 @@ def _base_models(info: dict) -> list[str]:
     return [info["base_model"]] if info.get("base_model") else []
 
 
-CHECKS = ("text_ids_match_corpus", "all_finite", "corpus_hash_current")
-
-
 class LikelihoodConfig(dg.Config):
     text_set: str = Field(
         default=TEXT_SET_ALL,
@@ -135,47 +131,6 @@ def _texts_to_score(
         "selection_hash": meta["selection_hash"],
         "n_selected": chosen.height,
     }
-
-
-def likelihood_checks(
-    storage: StorageResource,
-    key: str,
-    scored_on: str,
-    expected_ids: list[int] | None = None,
-    corpus_now: tuple[pl.DataFrame, dict] | None = None,
-) -> list[dg.AssetCheckEvaluation]:
-    """Checks of partition `key`'s file against the corpus as it is now (read back from disk,
-    or `corpus_now` when the caller has just read it); a budget file is checked against its
-    selection's text ids (`expected_ids`)."""
-    corpus_df, corpus_meta = corpus_now or storage.read_corpus()
-    written = corpus_rows(storage.likelihood_path(key))
-    wanted = corpus_df["text_id"].to_list() if expected_ids is None else expected_ids
-    same_ids = written["text_id"].to_list() == wanted
-    n_bad = int((~np.isfinite(written["loglik"].to_numpy())).sum())
-    current = corpus_meta["corpus_hash"]
-    return [
-        dg.AssetCheckEvaluation(
-            asset_key=LIKELIHOOD,
-            partition=key,
-            check_name="text_ids_match_corpus",
-            passed=same_ids,
-            metadata={"n_rows": written.height, "n_expected": len(wanted)},
-        ),
-        dg.AssetCheckEvaluation(
-            asset_key=LIKELIHOOD,
-            partition=key,
-            check_name="all_finite",
-            passed=n_bad == 0,
-            metadata={"n_bad": n_bad},
-        ),
-        dg.AssetCheckEvaluation(
-            asset_key=LIKELIHOOD,
-            partition=key,
-            check_name="corpus_hash_current",
-            passed=scored_on == current,
-            metadata={"scored_on": scored_on, "current": current},
-        ),
-    ]
 
 
 @dg.multi_asset(
