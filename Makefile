@@ -87,7 +87,7 @@ mlflow: $(STAMP)
 # `dg check defs` loads the code location as Dagster does ([tool.dg] in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/dg check defs
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 
 clean:
 	rm -rf data dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
