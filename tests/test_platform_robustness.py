@@ -184,7 +184,7 @@ def test_the_launcher_checks_the_pid_of_a_real_run_worker(tmp_path):
     )
     # No daemon here: the run is launched at once instead of queued.
     committed["run_coordinator"] = {
-        "module": "dagster",
+        "module": "dagster._core.run_coordinator",  # not exported by `dagster`
         "class": "DefaultRunCoordinator",
     }
     (home / "dagster.yaml").write_text(yaml.safe_dump(committed))
