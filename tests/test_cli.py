@@ -1,11 +1,18 @@
 """The `modelmap` command: models scored once, and mistakes told in one line."""
 
+import os
+import shutil
+
 import dagster as dg
 import pytest
 
-from modelmap_assets.cli.main import main, materialize_all
+from modelmap_assets.cli.main import backfill, main, materialize_all, materialize_corpus
+from modelmap_assets.definitions import ASSETS
 from modelmap_assets.scoring.scored import SKIPPED_LINE, already_scored
 from resources.settings import build_resources
+from workshop.hub_server import HubServer, publish
+
+NO_WEBSERVER = "http://127.0.0.1:9"
 
 
 def likelihood_events(instance, key: str) -> int:
@@ -49,6 +56,43 @@ def test_materialize_scores_a_model_once_and_force_scores_it_again(zoo, tmp_path
         assert forced["skipped"] == [] and forced["failed"] == {}
         assert "already scored" not in capsys.readouterr().out
         assert all(likelihood_events(instance, k) == 2 for k in keys)
+
+
+def test_a_hub_model_counts_as_scored_at_the_sha_the_hub_gives(
+    tiny_model, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MODELMAP_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("MODELMAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MODELMAP_DEVICE", "cpu")
+    publish(tmp_path / "hub", "org/tiny", tiny_model)
+    with HubServer(tmp_path / "hub") as server, dg.instance_for_test() as instance:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        resources = build_resources(os.environ)
+        materialize_corpus(instance, resources, {"n_texts": 8})
+        instance.add_dynamic_partitions("models", ["org/tiny"])
+        scored = dg.materialize(
+            ASSETS,
+            selection=["likelihood"],
+            partition_key="org/tiny",
+            instance=instance,
+            resources=resources,
+        )
+        assert scored.success
+        assert already_scored(["org/tiny"], build_resources(os.environ)) == ["org/tiny"]
+        capsys.readouterr()
+        # Nothing to launch: no webserver needed.
+        assert backfill(instance, ["org/tiny"], NO_WEBSERVER, wait=False) == 0
+        assert SKIPPED_LINE.format(n=1) in capsys.readouterr().out
+        assert backfill(instance, ["org/tiny"], NO_WEBSERVER, wait=False, force=True) == 1
+        assert "cannot reach the Dagster webserver" in capsys.readouterr().err
+        # The Hub cannot say which sha main is: when in doubt, score.
+        unreachable = build_resources(os.environ | {"HF_ENDPOINT": NO_WEBSERVER})
+        assert already_scored(["org/tiny"], unreachable) == []
+        # A new commit on the Hub: another sha, scored again.
+        shutil.copytree(tiny_model, tmp_path / "v2")
+        (tmp_path / "v2" / "README.md").write_text("a new commit\n")
+        publish(tmp_path / "hub", "org/tiny", tmp_path / "v2")
+        assert already_scored(["org/tiny"], build_resources(os.environ)) == []
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
