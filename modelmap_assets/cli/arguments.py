@@ -8,6 +8,8 @@ from pathlib import Path
 from modelmap.storage import InvalidModelKey, validate_model_key
 from resources.settings import build_resources
 
+FORCE_HELP = "score models already scored at the same sha, corpus and settings again"
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (`prog: error: argument X: reason`),

@@ -17,6 +17,7 @@ import dagster as dg
 from modelmap.corpus.build import SOURCES
 from modelmap.storage import validate_model_key
 from modelmap_assets.cli.arguments import (
+    FORCE_HELP,
     OneLineParser,
     check_corpus_source,
     check_scored,
@@ -279,9 +280,6 @@ def print_neighbours(key: str, k: int, as_json: bool) -> int:
             f"{r['neighbour']}"
         )
     return 0
-
-
-FORCE_HELP = "score models already scored at the same sha, corpus and settings again"
 
 
 def main(argv: list[str] | None = None) -> int:
