@@ -21,9 +21,13 @@ says where the rows come from and which texts they cover:
 - ``text_set``: ``all`` (every corpus text) or ``budget`` (only the texts of a
   ``text_selection``, whose version is ``selection_hash``).
 - ``n_corpus_rows``, ``n_twin_rows``; ``twins_hash`` when twin rows are present.
+- ``revision`` (the model's Hub sha, or a hash of a local folder's files), and the scoring
+  settings the scores depend on (``scorer_dtype``, ``scorer_stride``,
+  ``scorer_max_context``): with the fields above, what `is_current` compares.
 
 Readers take corpus rows with `corpus_rows` (twins never enter L or Q), and a model enters
-the full matrix only when `is_full` says its corpus rows are every corpus text.
+the full matrix only when `is_full` says its corpus rows are every corpus text. A run skips a
+model whose file `is_current` for what it would score.
 """
 
 from dataclasses import dataclass
@@ -157,3 +161,25 @@ def _with_defaults(meta: dict) -> dict:
 def is_full(meta: dict) -> bool:
     """Whether the file's corpus rows cover every corpus text (it can enter L and Q)."""
     return meta.get("text_set", TEXT_SET_ALL) == TEXT_SET_ALL
+
+
+def is_current(path: Path, revision: str | None, corpus_hash: str | None, settings: dict) -> bool:
+    """Whether the likelihood file at `path` holds what scoring would write again: scored
+    here (not imported) at model `revision` on corpus `corpus_hash`, with every key of
+    `settings` recorded at the same value; a key the file does not record reads as None
+    (``twins_hash: None``: no twin rows, ``selection_hash: None``: no text budget).
+
+    An unknown `revision` or `corpus_hash` (None), or a missing or unreadable file, is not
+    current: when in doubt, score.
+    """
+    if revision is None or corpus_hash is None:
+        return False
+    try:
+        meta = read_metadata(path)
+    except (OSError, ValueError):
+        return False
+    if meta.get("origin") != ORIGIN_SCORED:
+        return False
+    if meta.get("revision") != revision or meta.get("corpus_hash") != corpus_hash:
+        return False
+    return all(meta.get(key) == value for key, value in settings.items())

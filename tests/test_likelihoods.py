@@ -53,3 +53,39 @@ def test_files_before_the_split_column_read_as_corpus_rows(tmp_path):
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="2 text ids but 1"):
         lf.likelihood_frame([0, 1], [-1.0])
+
+
+SETTINGS = {"text_set": lf.TEXT_SET_ALL, "selection_hash": None, "twins_hash": "t", "d": "bf16"}
+
+
+def scored_file(path, **meta):
+    frame = lf.likelihood_frame([0, 1], [-1.0, -2.0], [5, 6])
+    base = {"revision": "sha1", "corpus_hash": "h", "twins_hash": "t", "d": "bf16"}
+    return lf.write_likelihood_file(path, [frame], base | meta)
+
+
+def test_a_file_is_current_for_the_sha_corpus_and_settings_it_records(tmp_path):
+    path = scored_file(tmp_path / "org--m.parquet")
+    assert lf.is_current(path, "sha1", "h", SETTINGS)
+    assert not lf.is_current(path, "sha2", "h", SETTINGS)  # the model changed
+    assert not lf.is_current(path, "sha1", "h2", SETTINGS)  # the corpus changed
+    assert not lf.is_current(path, "sha1", "h", SETTINGS | {"d": "float32"})
+    assert not lf.is_current(path, "sha1", "h", SETTINGS | {"twins_hash": "t2"})
+    assert not lf.is_current(path, "sha1", "h", SETTINGS | {"twins_hash": None})
+    # A setting the file does not record reads as None: not current for any other value.
+    assert not lf.is_current(path, "sha1", "h", SETTINGS | {"stride": 128})
+    assert lf.is_current(path, "sha1", "h", SETTINGS | {"stride": None})
+
+
+def test_when_in_doubt_a_file_is_not_current(tmp_path):
+    path = scored_file(tmp_path / "org--m.parquet")
+    assert not lf.is_current(path, None, "h", SETTINGS)  # revision unknown (Hub unreachable)
+    assert not lf.is_current(path, "sha1", None, SETTINGS)  # no corpus yet
+    assert not lf.is_current(tmp_path / "org--none.parquet", "sha1", "h", SETTINGS)
+    broken = tmp_path / "org--broken.parquet"
+    broken.write_bytes(b"not parquet")
+    assert not lf.is_current(broken, "sha1", "h", SETTINGS)
+    budget = scored_file(tmp_path / "org--b.parquet", text_set=lf.TEXT_SET_BUDGET)
+    assert not lf.is_current(budget, "sha1", "h", SETTINGS | {"selection_hash": None})
+    imported = scored_file(tmp_path / "org--i.parquet", origin=lf.ORIGIN_IMPORTED)
+    assert not lf.is_current(imported, "sha1", "h", SETTINGS)

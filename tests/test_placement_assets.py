@@ -175,8 +175,9 @@ def test_command_line_and_notebook_function(mapped, monkeypatch, capsys):
         "map_y",
     ]
     assert df["neighbour"].to_list() == [n["neighbour"] for n in out["neighbours"]]
-    assert main(["neighbours", "org/never-scored"]) == 1
-    assert "no likelihood file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # a mistake of the command line: exit 2
+        main(["neighbours", "org/never-scored"])
+    assert exited.value.code == 2 and "no likelihood file" in capsys.readouterr().err
 
 
 @pytest.mark.slow

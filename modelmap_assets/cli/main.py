@@ -14,12 +14,22 @@ from pathlib import Path
 
 import dagster as dg
 
+from modelmap.corpus.build import SOURCES
 from modelmap.storage import validate_model_key
+from modelmap_assets.cli.arguments import (
+    FORCE_HELP,
+    OneLineParser,
+    check_corpus_source,
+    check_scored,
+    model_key,
+    positive_int,
+)
 from modelmap_assets.cli.workshop_entry import workshop_commands
 from modelmap_assets.definitions import ASSETS, DOWNSTREAM, PER_MODEL
 from modelmap_assets.instance.inprocess import materialize_here
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.scoring.batches import contiguous_batches, range_tags
+from modelmap_assets.scoring.scored import imported, unscored
 from resources.settings import build_resources, command_line_default
 
 
@@ -55,17 +65,20 @@ def materialize_all(
     corpus_config: dict,
     keys: list[str] | None = None,
     resources: dict | None = None,
+    force: bool = False,
 ) -> dict:
     """Materialize corpus, every model partition (batches of models per run), then the map
     and reports.
 
     A model that fails is reported and left out; the map is built from the rest. Models
-    imported from a published matrix are not scored unless `keys` names them.
+    imported from a published matrix are not scored unless `keys` names them; models already
+    scored at the same sha, corpus and settings are not scored again unless `force`.
     """
     resources = resources or build_resources(os.environ)
     materialize_corpus(instance, resources, corpus_config)
     order = list(instance.get_dynamic_partitions(models_partitions.name))
     keys = keys or [k for k in order if not imported(resources["storage"], k)]
+    keys, skipped = unscored(keys, resources, force)
     failed, done = {}, 0
     for batch in contiguous_batches(order, keys):
         t0 = time.perf_counter()
@@ -97,21 +110,30 @@ def materialize_all(
         resources=resources,
     )
     print(f"map: run {maps.run_id} succeeded")
-    return {"failed": failed, "storage": resources["storage"].root}
+    return {"failed": failed, "skipped": skipped, "storage": resources["storage"].root}
 
 
 def backfill(
-    instance: dg.DagsterInstance, keys: list[str], url: str, wait: bool, timeout_s: float = 3600
+    instance: dg.DagsterInstance,
+    keys: list[str],
+    url: str,
+    wait: bool,
+    timeout_s: float = 3600,
+    force: bool = False,
 ) -> int:
-    """Register `keys` and launch one asset backfill of their per-model assets. The map and
-    reports are not in the backfill: declarative automation refreshes them once the batch is
-    scored. With `wait`, return when the backfill has ended and that refresh is done."""
+    """Register `keys` and launch one asset backfill of their per-model assets, less those
+    already scored at the same sha, corpus and settings unless `force`. The map and reports
+    are not in the backfill: declarative automation refreshes them once the batch is scored.
+    With `wait`, return when the backfill has ended and that refresh is done."""
     from modelmap_assets.cli.backfill import BackfillError, launch_backfill, wait_for_backfill
 
     if keys == ["zoo"]:
         keys = workshop_commands("backfill zoo").zoo_keys()
     new = register(instance, keys)
     print(f"registered {len(new)} new of {len(keys)} model keys")
+    keys, skipped = unscored(keys, build_resources(os.environ), force)
+    if not keys:
+        return 0
     assets = [a.key.to_user_string() for a in PER_MODEL]
     started = time.time()
     deadline = started + timeout_s
@@ -171,18 +193,6 @@ def wait_for_refresh(
         if not stale or time.time() >= deadline:
             return stale
         time.sleep(poll_s)
-
-
-def imported(storage, key: str) -> bool:
-    """Whether `key`'s scores were imported from a published matrix (never scored here)."""
-    from modelmap.likelihoods import ORIGIN_IMPORTED, read_metadata
-    from modelmap.storage import InvalidModelKey
-
-    try:
-        path = storage.likelihood_path(key)
-    except InvalidModelKey:
-        return False  # not imported: it fails its own partition with the reason
-    return path.exists() and read_metadata(path).get("origin") == ORIGIN_IMPORTED
 
 
 def import_matrix(
@@ -273,7 +283,7 @@ def print_neighbours(key: str, k: int, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="modelmap", description=__doc__)
+    parser = OneLineParser(prog="modelmap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     zoo = sub.add_parser(
         "zoo", help="train the embedded model zoo into the local models folder and register it"
@@ -281,11 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--small", action="store_true", help="a tiny zoo for quick checks")
     zoo.add_argument("--force", action="store_true", help="retrain even if cached")
     reg = sub.add_parser("register", help="add model keys to the `models` partitions")
-    reg.add_argument("keys", nargs="+")
+    reg.add_argument("keys", nargs="+", type=model_key)
     back = sub.add_parser(
         "backfill", help="register model keys and launch their backfill on the webserver"
     )
-    back.add_argument("keys", nargs="+", help="model keys (org/name), or 'zoo' for the zoo")
+    back.add_argument(
+        "keys", nargs="+", type=model_key, help="model keys (org/name), or 'zoo' for the zoo"
+    )
     back.add_argument(
         "--url",
         default=command_line_default("MODELMAP_WEBSERVER"),
@@ -296,12 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="wait until the backfill ends and automation has refreshed the map and reports",
     )
+    back.add_argument("--force", action="store_true", help=FORCE_HELP)
     near = sub.add_parser(
         "neighbours",
         help="a model's nearest mapped models (2KL) and map position, without a map refresh",
     )
-    near.add_argument("key", help="a scored model (org/name)")
-    near.add_argument("-k", type=int, default=10, help="neighbours to list")
+    near.add_argument("key", type=model_key, help="a scored model (org/name)")
+    near.add_argument("-k", type=positive_int, default=10, help="neighbours to list (>= 1)")
     near.add_argument("--json", action="store_true", help="print JSON instead of a table")
     imp = sub.add_parser(
         "import-matrix",
@@ -326,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="zoo on a local Hub, found by the sensor, scored and mapped automatically"
     )
     for p in (mat, demo):
-        p.add_argument("--source", default="embedded", help="embedded | jsonl | folder")
+        p.add_argument("--source", default="embedded", choices=SOURCES)
         p.add_argument("--path", default=None, help="the corpus file or folder")
-        p.add_argument("--n-texts", type=int, default=1000)
+        p.add_argument("--n-texts", type=positive_int, default=1000)
+    mat.add_argument("--force", action="store_true", help=FORCE_HELP)
     demo.add_argument("--small", action="store_true", help="stop after the small zoo's first map")
     demo.add_argument(
         "--no-smollm", action="store_true", help="leave out SmolLM2 (~6 min per model on CPU)"
@@ -342,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "neighbours":
+        check_scored(near, args.key)
         return print_neighbours(args.key, args.k, args.json)
+    if args.command in ("materialize", "demo"):
+        check_corpus_source(sub.choices[args.command], args.source, args.path)
     instance = dg.DagsterInstance.get()
     if args.command == "zoo":
         workshop_commands("zoo").zoo(instance, args.small, args.force)
@@ -352,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"registered {len(new)} new of {len(args.keys)} keys")
         return 0
     if args.command == "backfill":
-        return backfill(instance, args.keys, args.url, args.wait)
+        return backfill(instance, args.keys, args.url, args.wait, force=args.force)
     if args.command == "import-matrix":
         return import_matrix(instance, args.path, args.corpus_check, args.corpus)
     corpus_config = {"source": args.source, "path": args.path, "n_texts": args.n_texts}
@@ -362,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             corpus_config, args.port, args.small, args.no_smollm, args.smollm_family
         )
     else:
-        outcome = materialize_all(instance, corpus_config)
+        outcome = materialize_all(instance, corpus_config, force=args.force)
     root = outcome["storage"]
     print(f"\nmodelmap finished in {time.perf_counter() - t0:.0f} s")
     if outcome["failed"]:

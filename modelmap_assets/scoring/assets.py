@@ -27,6 +27,7 @@ from modelmap_assets.metadata import placement_metadata
 from modelmap_assets.partitions import models_partitions
 from modelmap_assets.scoring.batches import BATCH_POLICY, BatchFailures, requested_revisions
 from modelmap_assets.scoring.checks import CHECKS, LIKELIHOOD, likelihood_checks
+from modelmap_assets.scoring.scored import scorer_settings
 from modelmap_assets.tags import REVISION_TAG
 from resources.hub import HubResource
 from resources.mlflow import MlflowResource
@@ -170,9 +171,11 @@ def likelihood(
     keys = list(context.partition_keys)
     corpus_now = read_corpus_or_fail(storage)
     texts, corpus_meta = corpus_now
-    texts, text_set_meta = _texts_to_score(
+    texts, scoring_meta = _texts_to_score(
         storage, config.text_set, texts, corpus_meta["corpus_hash"]
     )
+    # What a later run compares to skip the model (`modelmap_assets.scoring.scored`).
+    scoring_meta |= scorer_settings(scorer)
     twins = storage.read_twins(corpus_meta["corpus_hash"])
     corpus_texts = texts["text"].to_list()
     # Held-out twins (leakage screen only) are scored too, never part of L.
@@ -188,7 +191,7 @@ def likelihood(
         except MODEL_ERRORS as exc:
             failures.add(key, model_failure(key, exc), context.log)
             continue
-        frames, meta = likelihood_file(files, scores, texts, twins, corpus_meta, text_set_meta)
+        frames, meta = likelihood_file(files, scores, texts, twins, corpus_meta, scoring_meta)
         yield from record_likelihood(
             context,
             storage,
@@ -208,7 +211,7 @@ def likelihood_file(
     texts: pl.DataFrame,
     twins: tuple[pl.DataFrame, dict] | None,
     corpus_meta: dict,
-    text_set_meta: dict,
+    scoring_meta: dict,
 ) -> tuple[list[pl.DataFrame], dict]:
     """One model's likelihood file: its frames (corpus rows, then twin rows) and metadata."""
     loaded, result = scores.loaded, scores.corpus
@@ -237,7 +240,7 @@ def likelihood_file(
         "mean_loglik_nats": float(np.mean(result.loglik_nats)),
         "input_tokens": result.input_tokens,
         **twin_meta,
-        **text_set_meta,
+        **scoring_meta,
     }
     return frames, meta
 
