@@ -77,10 +77,14 @@ backfill: $(STAMP)
 postgres:
 	scripts/postgres.sh
 
-# The MLflow UI over the embedded store (runs, artifacts, the registered predictor).
+# The MLflow UI over the embedded store (runs, artifacts, the registered predictor); first
+# prints the link to the runs of the modelmap experiment (creating the store if need be).
 MLFLOW_PORT ?= 5000
 mlflow: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)/mlflow
+	@$(BIN)/python -c "import os; from resources.settings import build_resources; \
+		mlflow = build_resources(os.environ)['mlflow']; \
+		print('modelmap runs:', mlflow.runs_url('http://127.0.0.1:$(MLFLOW_PORT)'))"
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(DAGSTER_HOME)/mlflow/mlflow.db} \
 		--default-artifact-root $(DAGSTER_HOME)/mlflow/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 

@@ -12,6 +12,9 @@ a valid key; a name too long is shortened with a hash). The next write of the sa
 removes temporaries that a dead process of this host left; temporaries of another host (a
 shared volume), whose writer no one here can see, are removed only once older than
 `STALE_AFTER_S` (24 h by default), when no writer can still be filling them.
+
+An output's mode is 0o666 less the process's umask, as for any file `open` creates: with
+umask 022 others can read it, with 027 only the group, with 077 only the owner.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -145,6 +148,25 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def create_temporary(final: Path) -> Path:
+    """Create an empty temporary file next to `final` and return its path.
+
+    The file is created as `open` creates one, mode 0o666 less the umask (and as a folder's
+    default ACL says), so the output is shared as the umask says (`tempfile.mkstemp` would
+    make it 0600 whatever the umask). The random part is 8 hex characters.
+    """
+    prefix = f".{temporary_stem(final.name)}.{host_id()}.{os.getpid()}."
+    for _ in range(100):
+        tmp = final.parent / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {final}")
+
+
 @contextmanager
 def atomic_path(final: Path):
     """Yield a temporary path next to `final`; fsync it and rename it onto `final` if the block
@@ -152,10 +174,7 @@ def atomic_path(final: Path):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final)
-    prefix = f".{temporary_stem(final.name)}.{host_id()}.{os.getpid()}."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = create_temporary(final)
     try:
         yield tmp_path
         fsync_path(tmp_path)

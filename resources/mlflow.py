@@ -2,7 +2,9 @@
 
 Several Dagster runs (separate processes) may log to one SQLite store at once: writes that hit
 "database is locked" are retried with a short backoff, and the first creation of the store's
-tables is serialised with a file lock next to the database.
+tables is serialised with a file lock next to the database. A SQLite store is created with the
+artifact root, so MLflow's `Default` experiment keeps its artifacts under it; an empty `Default`
+pointing elsewhere (a store a plain client created) is hidden.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 _ATTEMPTS = 6
 _INITIALISED: set[str] = set()  # store URIs whose tables this process has checked
 _GLOBAL_URI_LOCK = threading.Lock()  # log_model needs mlflow's process-global URIs
+_DEFAULT_EXPERIMENT_ID = "0"  # the `Default` experiment MLflow creates with a store
 
 
 class _NoCloudpickleWarning(logging.Filter):
@@ -245,8 +248,11 @@ class MlflowResource(dg.ConfigurableResource):
                     import fcntl
 
                     fcntl.flock(lock, fcntl.LOCK_EX)
+                root = self._artifact_location(uri)
+                _retry(_create_tracking_store, uri, root)
                 client = _retry(mlflow.MlflowClient, tracking_uri=uri, registry_uri=uri)
                 _retry(client.search_registered_models, max_results=1)
+                _retry(_hide_stray_default_experiment, client, root)
             _INITIALISED.add(uri)
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         exp = _retry(client.get_experiment_by_name, self.experiment)
@@ -262,6 +268,15 @@ class MlflowResource(dg.ConfigurableResource):
         if exp.lifecycle_stage == "deleted":
             _retry(client.restore_experiment, exp.experiment_id)
         return client, exp.experiment_id
+
+    def runs_url(self, base: str = "http://127.0.0.1:5000") -> str:
+        """The page of this experiment's runs in an MLflow UI served at `base` (`make mlflow`
+        prints it), in the UI's model-training view (its default view is GenAI's, which opens
+        an experiment on its traces); creates the store and the experiment if need be."""
+        _, experiment_id = self._client()
+        return (
+            f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        )
 
     def _start(
         self, client, experiment_id, run_name, params, metrics, tags, context, started_at=None
@@ -422,6 +437,32 @@ class MlflowResource(dg.ConfigurableResource):
             _retry(client.set_terminated, run_id, "FAILED")
             raise
         return run_id, str(info.registered_model_version)
+
+
+def _create_tracking_store(uri: str, artifact_root: str | None) -> None:
+    """Create the store's tables, if none, with `artifact_root` as the default artifact root:
+    MLflow's `Default` experiment (id 0) then keeps its artifacts under that root, not in a
+    `mlruns/` folder of whichever working directory the first client had."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    if artifact_root is not None:
+        SqlAlchemyStore(uri, artifact_root)  # its engine is MLflow's, shared by every client
+
+
+def _hide_stray_default_experiment(client: mlflow.MlflowClient, artifact_root: str | None) -> None:
+    """Delete (hide in the UI) MLflow's `Default` experiment when it is empty and its artifact
+    location is outside `artifact_root`: a store created by a plain client points it at a
+    `mlruns/` folder that does not exist. A `Default` holding runs is left as it is."""
+    from mlflow.entities import ViewType
+
+    if artifact_root is None:
+        return
+    default = client.get_experiment(_DEFAULT_EXPERIMENT_ID)
+    inside = default.artifact_location.startswith(artifact_root.rstrip("/") + "/")
+    if default.lifecycle_stage != "active" or inside:
+        return
+    if not client.search_runs([_DEFAULT_EXPERIMENT_ID], max_results=1, run_view_type=ViewType.ALL):
+        client.delete_experiment(_DEFAULT_EXPERIMENT_ID)
 
 
 def _log_artifacts(client: mlflow.MlflowClient, run_id: str, artifacts: Artifacts | None) -> None:

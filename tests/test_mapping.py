@@ -1,5 +1,8 @@
 """2-D embedding, PNG and HTML outputs."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -7,7 +10,7 @@ from modelmap.geometry.centering import double_centre
 from modelmap.geometry.mapping import (
     embed_2d,
     plot_map_png,
-    short_name,
+    point_labels,
     tsne_perplexity,
     write_map_html,
 )
@@ -107,7 +110,6 @@ def test_html_written(tmp_path):
     for label in LABELS:
         # plotly's JSON writes "/" as \u002f (so "</script>" can never end the script early).
         assert label.replace("/", "\\u002f") in page
-        assert short_name(label) in page
     for fam in ("fam0", "fam1", "fam2"):
         assert fam in page
     assert "mean loglik (nats)" in page
@@ -189,3 +191,28 @@ def test_stability_figures_by_hand():
     line = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [7.0, 0.0]])
     assert knn_preservation(np.array([[1], [0], [1], [2]]), line) == 1.0
     assert knn_preservation(np.array([[2], [0], [1], [2]]), line) == 0.75
+
+
+def test_point_labels_are_the_shortest_unambiguous_form():
+    keys = ["tiny/llama-base", "zoo/llama-base", "zoo/gpt2-base", "gpt2", "org/gpt2", "local-m"]
+    assert point_labels(keys) == [
+        "tiny/llama-base",
+        "zoo/llama-base",
+        "gpt2-base",
+        "gpt2",  # a bare key is its own name; the other `gpt2` keeps its org
+        "org/gpt2",
+        "local-m",
+    ]
+    # A note after the key stays; the name is compared without it.
+    assert point_labels(["a/m [budget]", "b/m", "c/n [budget]"]) == [
+        "a/m [budget]",
+        "b/m",
+        "n [budget]",
+    ]
+
+
+def test_html_points_carry_unique_labels(tmp_path):
+    keys = ["tiny/llama-base", "zoo/llama-base", "zoo/gpt2-base"]
+    page = write_map_html(np.eye(3)[:, :2], keys, None, tmp_path / "map.html").read_text()
+    (text,) = re.findall(r'"text":\[([^\]]*)\]', page)
+    assert json.loads(f"[{text}]") == ["tiny/llama-base", "zoo/llama-base", "gpt2-base"]

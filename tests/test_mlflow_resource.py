@@ -239,3 +239,36 @@ def test_tracking_uri_is_bound_to_the_environment_never_copied(tmp_path, monkeyp
     assert "secret" not in repr(resource.model_dump())
     resolved = resource.process_config_and_initialize()
     assert resolved.uri() == "http://user:secret@tracking:5000"
+
+
+def test_a_new_store_keeps_default_under_the_artifact_root_and_links_to_the_runs(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    store = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}")
+    url = store.runs_url("http://127.0.0.1:5000/")
+    client = _client(store)
+    exp = client.get_experiment_by_name("modelmap")
+    runs = f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
+    assert url == runs + "?workflowType=machine_learning"  # the runs, not the traces
+    assert exp.artifact_location == (tmp_path / "db" / "artifacts").as_uri()
+    default = client.get_experiment("0")
+    assert default.artifact_location == (tmp_path / "db" / "artifacts" / "0").as_uri()
+    assert default.lifecycle_stage == "active"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]  # no mlruns/ anywhere
+
+
+@pytest.mark.parametrize("default_has_a_run", [False, True])
+def test_a_stray_default_experiment_is_hidden_when_empty(tmp_path, monkeypatch, default_has_a_run):
+    """A store a plain client created points `Default` at `<working dir>/mlruns`."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plain = mlflow.MlflowClient(tracking_uri=uri)
+    assert plain.get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+    if default_has_a_run:
+        plain.create_run("0")
+    store = MlflowResource(tracking_uri=uri, experiment="kinded")
+    store.log_run("first")
+    stage = _client(store).get_experiment("0").lifecycle_stage
+    assert stage == ("active" if default_has_a_run else "deleted")
+    assert len(_runs(store)) == 1

@@ -143,3 +143,34 @@ def test_two_writers_of_one_file_never_leave_it_partial_or_mixed(tmp_path):
     # catches whole ones does not.
     assert seen <= {0, 1, 2} and pl.read_parquet(final)["writer"][0] in (1, 2)
     assert [p.name for p in tmp_path.iterdir()] == [final.name]
+
+
+UMASK_WRITER = """
+import os, stat, sys
+from pathlib import Path
+import numpy as np
+import polars as pl
+from modelmap.storage import write_npy, write_parquet, write_text
+
+os.umask(int(sys.argv[2], 8))
+folder = Path(sys.argv[1])
+paths = [
+    write_text("x", folder / "a.txt"),
+    write_parquet(pl.DataFrame({"a": [1]}), folder / "b.parquet"),
+    write_npy(np.zeros(3), folder / "c.npy"),
+]
+print(" ".join(oct(stat.S_IMODE(p.stat().st_mode)) for p in paths))
+"""
+
+
+@pytest.mark.parametrize(("umask", "mode"), [("022", "0o644"), ("027", "0o640"), ("077", "0o600")])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    """In a subprocess, so that this process's umask is left as it is."""
+    proc = subprocess.run(
+        [sys.executable, "-c", UMASK_WRITER, str(tmp_path), umask],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.split() == [mode] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.parquet", "c.npy"]

@@ -29,7 +29,8 @@ from modelmap.storage import write_atomic
 #: Below this many models ``method="auto"`` uses PCA: t-SNE on a handful of points only
 #: reflects its perplexity calibration, not the data.
 MIN_MODELS_FOR_TSNE = 8
-#: Points are labelled with their short name on the PNG only up to this many models.
+#: Points are labelled (:func:`point_labels`) on the PNG and the HTML only up to this many
+#: models.
 MAX_LABELLED_POINTS = 80
 PAPER_PERPLEXITY = 30.0
 #: Exact PCA (for the t-SNE initialisation) up to this many models, randomized above.
@@ -328,9 +329,24 @@ def embed_stable(
     return align_to(xy, previous_xy, previous_rows)
 
 
-def short_name(model_key: str) -> str:
-    """``"org/name"`` -> ``"name"``: the label printed next to a point."""
-    return model_key.rsplit("/", 1)[-1]
+def point_labels(labels: Sequence[str]) -> list[str]:
+    """The text printed next to each point: the shortest form that tells the models apart.
+
+    A label is a model key, optionally followed by a note after a space (``" [budget]"``).
+    A model's name (its key without ``org/``) stands alone when no other model has that
+    name; models that share a name keep their whole key. ``["tiny/llama-base",
+    "zoo/llama-base", "zoo/gpt2-base [budget]"]`` -> ``["tiny/llama-base", "zoo/llama-base",
+    "gpt2-base [budget]"]``.
+    """
+    parts = [str(label).partition(" ") for label in labels]  # (key, " ", note)
+    keys_by_name: dict[str, set[str]] = {}
+    for key, _, _ in parts:
+        keys_by_name.setdefault(key.rsplit("/", 1)[-1], set()).add(key)
+    out = []
+    for key, sep, note in parts:
+        name = key.rsplit("/", 1)[-1]
+        out.append((name if len(keys_by_name[name]) == 1 else key) + sep + note)
+    return out
 
 
 def _check_inputs(
@@ -364,7 +380,7 @@ def plot_map_png(
 
     Args:
         xy: K x 2 coordinates from :func:`embed_2d`.
-        labels: K model keys; points are annotated with :func:`short_name` when
+        labels: K model keys; points are annotated with :func:`point_labels` when
             K <= 80.
         families: K family names (legend entries), or None for a single family.
         path: destination ``.png``; written to a temporary file in the same folder first.
@@ -403,9 +419,9 @@ def plot_map_png(
         )
     if K <= MAX_LABELLED_POINTS:
         fontsize = 8 if K <= 40 else 6
-        for (x, y), label in zip(xy, labels, strict=True):
+        for (x, y), label in zip(xy, point_labels(labels), strict=True):
             ax.annotate(
-                short_name(label),
+                label,
                 (x, y),
                 xytext=(3, 3),
                 textcoords="offset points",
@@ -441,8 +457,9 @@ def write_map_html(
     ``notes_html``: a trusted HTML fragment shown under the map (the scale to read
     distances by).
 
-    One plotly trace per family (click the legend to hide/show a family); hovering a point
-    shows the model key, its family and every column of ``extra``.
+    One plotly trace per family (click the legend to hide/show a family); each point is
+    labelled as :func:`point_labels` says, and hovering it shows the model key, its family
+    and every column of ``extra``.
 
     Args:
         xy: K x 2 coordinates from :func:`embed_2d`.
@@ -465,6 +482,7 @@ def write_map_html(
             raise ValueError(f"extra column {name!r} has {len(values)} values for {K} models")
     fam_arr = np.asarray(fams, dtype=object)
     label_arr = np.asarray(list(labels), dtype=object)
+    text_arr = np.asarray(point_labels(labels), dtype=object)
     extra_names = list(extra)
     extra_arr = [np.asarray(list(v), dtype=object) for v in extra.values()]
 
@@ -484,7 +502,7 @@ def write_map_html(
                 x=xy[sel, 0],
                 y=xy[sel, 1],
                 mode="markers+text" if K <= MAX_LABELLED_POINTS else "markers",
-                text=[short_name(str(label_arr[i])) for i in sel],
+                text=[str(text_arr[i]) for i in sel],
                 textposition="top center",
                 textfont={"size": 9},
                 marker={"size": 9, "opacity": 0.85},
